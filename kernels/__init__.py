@@ -1,0 +1,1 @@
+"""Triton kernels, installed as ``umedfast.kernels`` (see setup.py ``package_dir``)."""
