@@ -1,0 +1,1 @@
+"""Rewards for stage-2 PPO: relevance judge, Abnormal Localization Reward (IoU), Vision Relevance Reward (attention)."""
