@@ -1,0 +1,93 @@
+"""Advantage estimators over response tokens.
+
+Shapes: ``B`` sequences, ``T`` response positions (right-padded), ``mask [B, T]`` is 1 on real response tokens.
+GAE uses a critic; GRPO and RLOO are critic-free group baselines over the ``K`` candidates of each query
+(the batch is laid out query-major: rows ``q*K .. q*K+K-1`` are the candidates of query ``q``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def last_token_index(mask: Tensor) -> Tensor:
+    """Index of the last true position of each row of ``mask [B, T]`` -> ``Long[B]`` (0 for an empty row)."""
+    t = mask.shape[1]
+    pos = torch.arange(t, device=mask.device).expand_as(mask)
+    return torch.where(mask.bool(), pos, torch.zeros_like(pos)).max(dim=1).values
+
+
+def token_rewards(seq_reward: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+    """Per-token rewards: ``-kl_coef * kl_t`` on every response token, plus the sequence reward on the last one.
+
+    seq_reward: Float[B]; kl: Float[B, T] (per-token KL estimate to the reference); mask: [B, T] -> Float[B, T].
+    """
+    m = mask.to(kl.dtype)
+    r = -kl_coef * kl * m
+    idx = last_token_index(mask)
+    r[torch.arange(r.shape[0], device=r.device), idx] += seq_reward.to(r.dtype) * m.any(dim=1).to(r.dtype)
+    return r
+
+
+def gae_advantages(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
+                   lam: float = 0.95) -> tuple[Tensor, Tensor]:
+    """Generalized Advantage Estimation (Schulman et al. 2016) over response tokens.
+
+    rewards, values: Float[B, T]; mask: [B, T] (right-padded response tokens). The value after the last response
+    token is 0 (the episode ends). Returns ``(advantages, returns)`` Float[B, T], zero outside the mask, with
+    ``returns = advantages + values`` (the critic's regression target).
+    """
+    m = mask.to(values.dtype)
+    values = values * m
+    rewards = rewards * m
+    b, t = rewards.shape
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros(b, dtype=rewards.dtype, device=rewards.device)
+    for i in reversed(range(t)):
+        next_v = values[:, i + 1] if i + 1 < t else torch.zeros_like(last)
+        delta = rewards[:, i] + gamma * next_v - values[:, i]
+        last = delta + gamma * lam * last
+        last = last * m[:, i]  # padding positions carry nothing back
+        adv[:, i] = last
+    return adv, (adv + values) * m
+
+
+def _groups(seq_reward: Tensor, k: int) -> Tensor:
+    if seq_reward.numel() % k != 0:
+        raise ValueError(f"batch of {seq_reward.numel()} rewards is not a multiple of the group size K={k}")
+    return seq_reward.view(-1, k)
+
+
+def grpo_advantages(seq_reward: Tensor, k: int, scale_std: bool = True, eps: float = 1e-6) -> Tensor:
+    """GRPO (Shao et al. 2024): ``(r - mean_group) / (std_group + eps)``; Float[B] -> Float[B].
+
+    ``scale_std=False`` gives Dr.GRPO's unscaled variant. std is the unbiased group std (0 when K == 1).
+    """
+    g = _groups(seq_reward, k)
+    adv = g - g.mean(dim=1, keepdim=True)
+    if scale_std and k > 1:
+        adv = adv / (g.std(dim=1, keepdim=True) + eps)
+    return adv.reshape(-1)
+
+
+def rloo_advantages(seq_reward: Tensor, k: int) -> Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): ``r_i - mean_{j != i} r_j``; Float[B] -> Float[B].
+
+    Equals ``K/(K-1) * (r_i - mean_group)``. K == 1 has no baseline: the reward itself is returned.
+    """
+    g = _groups(seq_reward, k)
+    if k == 1:
+        return g.reshape(-1).clone()
+    loo = (g.sum(dim=1, keepdim=True) - g) / (k - 1)
+    return (g - loo).reshape(-1)
+
+
+def group_advantages(seq_reward: Tensor, mask: Tensor, k: int, kind: str) -> Tensor:
+    """Broadcast a critic-free sequence advantage (``kind`` in {"grpo", "rloo"}) to every response token -> [B, T]."""
+    if kind == "grpo":
+        a = grpo_advantages(seq_reward, k)
+    elif kind == "rloo":
+        a = rloo_advantages(seq_reward, k)
+    else:
+        raise ValueError(f"unknown group advantage {kind!r}; expected 'grpo' or 'rloo'")
+    return a[:, None].to(torch.float32) * mask.to(torch.float32)
