@@ -1,0 +1,80 @@
+"""Which abnormal classes does a response name, and does it say the image is normal?
+
+A class is named when its label or one of its synonyms (``umedfast.data.CLASS_SYNONYMS[source][label]``) occurs
+as whole words, case-insensitive. When one mention lies inside a longer mention of another class ("active
+tuberculosis" contains "tuberculosis"), only the longer one counts, so overlapping synonyms do not name two classes.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Mapping
+
+# Phrases that state the image has no abnormality. "abnormal" never matches \bnormal\b.
+_NORMAL_RE = re.compile(
+    r"\b(?:no|without|absence\s+of|free\s+of|not?\s+(?:any|evident|seen|detected))\b[^.;\n]{0,40}?"
+    r"\b(?:abnormalit(?:y|ies)|abnormal|lesions?|findings?|pathology|anomal(?:y|ies))\b"
+    r"|\b(?:normal|unremarkable|healthy)\b",
+    re.IGNORECASE,
+)
+
+
+def says_normal(text: str) -> bool:
+    """True when the text states that nothing abnormal is present ("no abnormality", "normal study", ...)."""
+    return bool(_NORMAL_RE.search(text or ""))
+
+
+def _phrase_re(phrase: str) -> re.Pattern:
+    # whole words, any run of spaces/underscores/hyphens between the words of a multi-word phrase
+    words = [re.escape(w) for w in re.split(r"[\s_\-]+", phrase.strip()) if w]
+    return re.compile(r"(?<![A-Za-z0-9])" + r"[\s_\-]+".join(words) + r"(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+class ClassNamer:
+    """Finds the class labels named in a text, for one source's vocabulary.
+
+    vocab: {label: [synonym, ...]}; the label itself always counts as its own synonym.
+    """
+
+    def __init__(self, vocab: Mapping[str, Iterable[str]]):
+        self.patterns: list[tuple[str, re.Pattern]] = []
+        for label, syns in vocab.items():
+            seen = set()
+            for phrase in [label, *syns]:
+                key = phrase.strip().lower()
+                if key and key not in seen:
+                    seen.add(key)
+                    self.patterns.append((label, _phrase_re(phrase)))
+
+    def named(self, text: str) -> set[str]:
+        """Labels named in text (longest mention wins where mentions of different classes overlap)."""
+        spans = []
+        for label, pat in self.patterns:
+            for m in pat.finditer(text or ""):
+                spans.append((m.start(), m.end(), label))
+        keep = set()
+        for s, e, lab in spans:
+            inside_longer = any(
+                s2 <= s and e <= e2 and (e2 - s2) > (e - s) and lab2 != lab for s2, e2, lab2 in spans
+            )
+            if not inside_longer:
+                keep.add(lab)
+        return keep
+
+
+def build_vocab(labels_by_source: Mapping[str, Iterable[str]],
+                synonyms: Mapping[str, Mapping[str, Iterable[str]]] | None = None) -> dict[str, dict[str, list[str]]]:
+    """Per-source vocabulary: every label seen in the records plus every label of the synonym table for that source.
+
+    Returns {source: {label: [synonyms]}}.
+    """
+    synonyms = synonyms or {}
+    out: dict[str, dict[str, list[str]]] = {}
+    for src in set(labels_by_source) | set(synonyms):
+        table = {lab: list(syns) for lab, syns in (synonyms.get(src) or {}).items()}
+        lower = {k.lower(): k for k in table}
+        for lab in labels_by_source.get(src, ()):
+            if lab.lower() not in lower:
+                table[lab] = []
+                lower[lab.lower()] = lab
+        out[src] = table
+    return out
