@@ -141,3 +141,22 @@ def test_best_matching_equals_brute_force():
 def test_iou_matrix_degenerate_boxes_are_zero():
     m = iou_matrix([(0.5, 0.5, 0.5, 0.9), (0.0, 0.0, 1.0, 1.0)], [(0.0, 0.0, 1.0, 1.0)])
     assert m[0][0] == 0.0 and m[1][0] == pytest.approx(1.0)
+
+
+def test_negation_and_generic_words():
+    tbl = {"dl": {"lesion": ["lesion", "abnormality"], "liver lesion": ["liver lesion", "liver"]},
+           "ks": {"kidney stone": ["kidney stone", "stone"]}}
+    liver = rec("a", "dl", [("liver lesion", B1)])
+    unlabeled = rec("b", "dl", [("lesion", B1)])
+    normal_ks = rec("c", "ks", [])
+    s = score_samples([liver, liver, unlabeled, normal_ks, normal_ks],
+                      [answer("a liver lesion; an abnormality is detected", [B1]),
+                       answer("an abnormality", [B1]),
+                       answer("a lesion", [B1]),
+                       "Detection: no kidney stone is seen, the study is normal. Localization: none. Recognition: none.",
+                       "Detection: normal kidneys but a stone in the left ureter. Localization: none. Recognition: -"],
+                      synonyms=tbl)
+    assert [x["correct"] for x in s] == [True, False, True, True, False]
+    namer = ClassNamer(SYN["nih"])
+    assert namer.named("no effusion, but a nodule is seen") == {"Nodule"}
+    assert namer.named("without evidence of pleural effusion or mass") == set()

@@ -1,8 +1,14 @@
 """Which abnormal classes does a response name, and does it say the image is normal?
 
 A class is named when its label or one of its synonyms (``umedfast.data.CLASS_SYNONYMS[source][label]``) occurs
-as whole words, case-insensitive. When one mention lies inside a longer mention of another class ("active
-tuberculosis" contains "tuberculosis"), only the longer one counts, so overlapping synonyms do not name two classes.
+as whole words, case-insensitive, and is not negated. Rules:
+- When one mention lies inside a longer mention of another class ("active tuberculosis" contains "tuberculosis"),
+  only the longer one counts, so overlapping synonyms do not name two classes.
+- A negated mention ("no effusion", "without evidence of a stone"; a negation cue among the few words before the
+  mention in the same clause) names nothing.
+- A mention that is only a generic word (``GENERIC_TERMS``: lesion, abnormality, finding, ...) is "weak": it can
+  confirm a ground-truth class whose synonym it is, but never counts as naming a wrong class (every answer says
+  "an abnormality is detected").
 """
 from __future__ import annotations
 
@@ -16,6 +22,23 @@ _NORMAL_RE = re.compile(
     r"|\b(?:normal|unremarkable|healthy)\b",
     re.IGNORECASE,
 )
+
+
+GENERIC_TERMS = frozenset({"lesion", "lesions", "abnormality", "abnormalities", "abnormal", "finding", "findings",
+                           "anomaly", "anomalies", "abnormal region", "region"})
+
+_CLAUSE_BREAK = re.compile(r"[.;:!?\n]|\bbut\b|\bhowever\b|\bwhereas\b", re.IGNORECASE)
+_NEGATION = re.compile(r"\b(?:no|not|without|absence\s+of|absent|free\s+of|negative\s+for|neither|nor|"
+                       r"rule[sd]?\s+out|ruled\s+out)\b", re.IGNORECASE)
+
+
+def is_negated(text: str, start: int, window_words: int = 6) -> bool:
+    """True when a negation cue occurs among the `window_words` words before `start`, in the same clause."""
+    before = text[:start]
+    breaks = list(_CLAUSE_BREAK.finditer(before))
+    clause = before[breaks[-1].end():] if breaks else before
+    words = clause.split()[-window_words:]
+    return bool(_NEGATION.search(" ".join(words)))
 
 
 def says_normal(text: str) -> bool:
@@ -45,20 +68,31 @@ class ClassNamer:
                     seen.add(key)
                     self.patterns.append((label, _phrase_re(phrase)))
 
-    def named(self, text: str) -> set[str]:
-        """Labels named in text (longest mention wins where mentions of different classes overlap)."""
+    def mentions(self, text: str) -> tuple[set[str], set[str]]:
+        """(strong, weak) labels mentioned in text, negated mentions excluded.
+
+        strong: named by a specific word; weak: named only by a generic word (see GENERIC_TERMS).
+        """
+        text = text or ""
         spans = []
         for label, pat in self.patterns:
-            for m in pat.finditer(text or ""):
+            for m in pat.finditer(text):
                 spans.append((m.start(), m.end(), label))
-        keep = set()
+        strong, weak = set(), set()
         for s, e, lab in spans:
             inside_longer = any(
                 s2 <= s and e <= e2 and (e2 - s2) > (e - s) and lab2 != lab for s2, e2, lab2 in spans
             )
-            if not inside_longer:
-                keep.add(lab)
-        return keep
+            if inside_longer or is_negated(text, s):
+                continue
+            word = " ".join(text[s:e].lower().split())
+            (weak if word in GENERIC_TERMS else strong).add(lab)
+        return strong, weak - strong
+
+    def named(self, text: str, gt_labels: Iterable[str] = ()) -> set[str]:
+        """Labels named in text: every strong mention, plus weak (generic-word) mentions of ground-truth labels."""
+        strong, weak = self.mentions(text)
+        return strong | (weak & set(gt_labels))
 
 
 def build_vocab(labels_by_source: Mapping[str, Iterable[str]],
