@@ -17,5 +17,9 @@ __all__ = list(_EXPORTS)
 def __getattr__(name):
     if name in _EXPORTS:
         module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-        return getattr(module, name)
+        value = getattr(module, name)
+        # Cache the function: importing the submodule `vrr_attention` set the package attribute of the same name
+        # to the module object, which would otherwise shadow the function on every later access.
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,358 @@
+"""Fused attention forward that also returns the softmax mass each query puts on a set of "region" keys.
+
+The Vision Relevance Reward (VRR) needs, for every abnormal-class token, the attention probability mass on the image
+patches inside the abnormal region. Flash kernels never expose probabilities and the eager path materializes every
+N x N map, so this kernel is a flash-attention forward (online softmax over key blocks) that carries one more running
+sum: the exp-scores of region keys, rescaled by the same running-max factor as the row sum. At the end
+``mass = region_sum / row_sum``, with the FULL softmax row as denominator (every key the query may attend to), not the
+region-only denominator of the paper's formula, which would make every row sum to 1 (see DESIGN.md).
+
+Layout (Liger-Kernel style): ``@triton.jit`` kernels, the host launcher ``_vrr_attention_fwd``, the public
+``vrr_attention`` and the plain-torch oracle ``vrr_attention_ref``.
+
+Notes on the kernel:
+- Causal with ``Nq <= Nk``: queries are the LAST ``Nq`` positions, key ``j`` is allowed for query ``i`` iff
+  ``j <= i + Nk - Nq`` (bottom-right aligned, as with a KV cache).
+- Key blocks strictly below the diagonal run without the causal/bounds mask; the diagonal blocks run masked.
+- Per-block skip flags come from prefix counts over keys (``[B, Nk+1]`` int32, one cumsum on the host), so they are
+  valid for any autotuned ``BLOCK_N``: a block with no region key skips the region reduction, a block with no real
+  (non-padding) key is skipped entirely. There is no second pass over K.
+- Under ``TRITON_INTERPRET=1`` the interpreter multiplies the bit patterns of bf16 operands in ``tl.dot``; there
+  (only) the operands are upcast to fp32 through a constexpr. On GPU half dots stay on tensor cores, fp32 uses IEEE.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@triton.jit
+def _vrr_attend_blocks(
+    acc, l_i, m_i, r_i, q,
+    k_base, v_base, stride_kn, stride_vn,
+    pad_base, padcnt_base, reg_base, regcnt_base,
+    offs_m, offs_d, lo, hi, q_pos_off, Nk, qk_scale,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
+):
+    """Online-softmax update of (acc, l_i, m_i, r_i) over key blocks [lo, hi); scores live in the log2 domain."""
+    offs_n0 = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        end_n = tl.minimum(start_n + BLOCK_N, Nk)
+        n_real = end_n - start_n
+        if HAS_PAD:  # real (non-padding) keys in this block, from the prefix count
+            n_real = tl.load(padcnt_base + end_n) - tl.load(padcnt_base + start_n)
+        if n_real > 0:
+            kv_mask = offs_n < Nk
+            if EVEN_D:
+                k_mask = kv_mask[None, :]
+                v_mask = kv_mask[:, None]
+            else:
+                k_mask = kv_mask[None, :] & (offs_d[:, None] < HEAD_DIM)
+                v_mask = kv_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
+            kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None], mask=k_mask, other=0.0)  # [D, BN]
+            if DOT_FP32:
+                kt = kt.to(tl.float32)
+            if IEEE:
+                qk = tl.dot(q, kt, input_precision="ieee")
+            else:
+                qk = tl.dot(q, kt)
+            qk = qk * qk_scale
+            if MASKED:
+                keep = kv_mask[None, :]
+                if IS_CAUSAL:
+                    keep = keep & (offs_n[None, :] <= offs_m[:, None] + q_pos_off)
+                qk = tl.where(keep, qk, float("-inf"))
+            if HAS_PAD:
+                pad = tl.load(pad_base + offs_n, mask=kv_mask, other=0)
+                qk = tl.where(pad[None, :] != 0, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            # A row with no allowed key so far keeps m = -inf; shift by 0 there so exp2 gives 0, not NaN.
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(qk - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            r_i = r_i * alpha
+            n_reg = tl.load(regcnt_base + end_n) - tl.load(regcnt_base + start_n)
+            if n_reg > 0:  # the extra reduction only where the block holds a region key
+                reg = tl.load(reg_base + offs_n, mask=kv_mask, other=0)
+                r_i += tl.sum(tl.where(reg[None, :] != 0, p, 0.0), 1)
+            acc = acc * alpha[:, None]
+            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=v_mask, other=0.0)  # [BN, D]
+            if DOT_FP32:
+                v = v.to(tl.float32)
+            if IEEE:
+                acc = tl.dot(p, v, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(p.to(v.dtype), v, acc)
+            m_i = m_new
+    return acc, l_i, m_i, r_i
+
+
+@triton.jit
+def _vrr_attention_fwd_kernel(
+    Q, K, V, Out, Mass, Pad, PadCnt, Reg, RegCnt,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_mb, stride_mh,
+    stride_padb, stride_padcb, stride_regb, stride_regcb,
+    Hq, Nq, Nk, qk_scale,
+    NQ_BUCKET, NK_BUCKET,  # autotune keys only (sizes rounded to powers of two)
+    GROUP: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program = BLOCK_M query rows of one (batch, query head)."""
+    num_m = tl.cdiv(Nq, BLOCK_M)
+    pid_m = num_m - 1 - tl.program_id(0)  # causal: the longest rows start first
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hq).to(tl.int64)
+    h = pid_bh % Hq
+    hk = (h // GROUP).to(tl.int64)
+    h = h.to(tl.int64)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    m_valid = offs_m < Nq
+    if EVEN_D:
+        q_mask = m_valid[:, None]
+    else:
+        q_mask = m_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :], mask=q_mask, other=0.0)
+    if DOT_FP32:
+        q = q.to(tl.float32)
+
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+    pad_base = Pad + b * stride_padb
+    padcnt_base = PadCnt + b * stride_padcb
+    reg_base = Reg + b * stride_regb
+    regcnt_base = RegCnt + b * stride_regcb
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    r_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+
+    q_pos_off = Nk - Nq
+    m0 = pid_m * BLOCK_M
+    if IS_CAUSAL:
+        hi = tl.minimum(Nk, m0 + BLOCK_M + q_pos_off)
+        # blocks ending at or before the first row's diagonal need no causal mask
+        full_end = tl.minimum((m0 + q_pos_off + 1) // BLOCK_N * BLOCK_N, Nk // BLOCK_N * BLOCK_N)
+    else:
+        hi = Nk
+        full_end = Nk // BLOCK_N * BLOCK_N
+
+    acc, l_i, m_i, r_i = _vrr_attend_blocks(
+        acc, l_i, m_i, r_i, q, k_base, v_base, stride_kn, stride_vn,
+        pad_base, padcnt_base, reg_base, regcnt_base,
+        offs_m, offs_d, 0, full_end, q_pos_off, Nk, qk_scale,
+        False, IS_CAUSAL, HAS_PAD, HEAD_DIM, EVEN_D, BLOCK_N, DOT_FP32, IEEE,
+    )
+    acc, l_i, m_i, r_i = _vrr_attend_blocks(
+        acc, l_i, m_i, r_i, q, k_base, v_base, stride_kn, stride_vn,
+        pad_base, padcnt_base, reg_base, regcnt_base,
+        offs_m, offs_d, full_end, hi, q_pos_off, Nk, qk_scale,
+        True, IS_CAUSAL, HAS_PAD, HEAD_DIM, EVEN_D, BLOCK_N, DOT_FP32, IEEE,
+    )
+
+    # Rows with no allowed key: out 0 and mass 0, never NaN.
+    valid = l_i > 0.0
+    l_safe = tl.where(valid, l_i, 1.0)
+    out = tl.where(valid[:, None], acc / l_safe[:, None], 0.0)
+    mass = tl.where(valid, r_i / l_safe, 0.0)
+    tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :],
+             out.to(Out.dtype.element_ty), mask=q_mask)
+    tl.store(Mass + b * stride_mb + h * stride_mh + offs_m, mass, mask=m_valid)
+
+
+# A small autotune list for GPUs (H100-sized tiles for D<=128). Never used under the interpreter, where one fixed
+# config runs (autotuning there would only multiply the already slow emulation).
+_AUTOTUNE_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=4),
+]
+_vrr_attention_fwd_kernel_tuned = triton.autotune(
+    configs=_AUTOTUNE_CONFIGS,
+    key=["NQ_BUCKET", "NK_BUCKET", "HEAD_DIM", "GROUP", "IS_CAUSAL", "HAS_PAD", "DOT_FP32", "IEEE"],
+)(_vrr_attention_fwd_kernel)
+
+_INTERPRET_BLOCKS = (32, 32)
+
+
+def _prefix_count(mask: torch.Tensor) -> torch.Tensor:
+    """Bool[B, Nk] -> Int32[B, Nk+1] with c[b, j] = number of True among mask[b, :j] (block flag = difference)."""
+    c = torch.zeros(mask.shape[0], mask.shape[1] + 1, dtype=torch.int32, device=mask.device)
+    torch.cumsum(mask, dim=1, dtype=torch.int32, out=c[:, 1:])
+    return c
+
+
+def _vrr_attention_fwd(q, k, v, region_mask, key_padding_mask, causal, scale, out, blocks=None):
+    """Host launcher. q [B,Hq,Nq,D], k/v [B,Hkv,Nk,D] (last dim contiguous), masks Bool[B,Nk] contiguous,
+    ``out`` a [B,Hq,Nq,D] view to write into (any strides, last dim contiguous). Returns mass Float32[B,Hq,Nq]."""
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    mass = torch.empty(B, Hq, Nq, dtype=torch.float32, device=q.device)
+    if B == 0 or Hq == 0 or Nq == 0:
+        return mass
+    if Nk == 0:
+        out.zero_()
+        return mass.zero_()
+    block_d = max(16, triton.next_power_of_2(D))
+    reg = region_mask.view(torch.uint8)
+    regcnt = _prefix_count(region_mask)
+    has_pad = key_padding_mask is not None
+    if has_pad:
+        pad = key_padding_mask.view(torch.uint8)
+        padcnt = _prefix_count(key_padding_mask)
+    else:  # dummies, never read
+        pad, padcnt = reg, regcnt
+    qk_scale = scale * 1.4426950408889634  # log2(e): the kernel uses exp2
+    common = dict(
+        GROUP=Hq // Hkv, IS_CAUSAL=bool(causal), HAS_PAD=has_pad, HEAD_DIM=D, BLOCK_D=block_d,
+        DOT_FP32=_INTERPRET or q.dtype == torch.float32, IEEE=q.dtype == torch.float32 and not _INTERPRET,
+    )
+    args = (
+        q, k, v, out, mass, pad, padcnt, reg, regcnt,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        mass.stride(0), mass.stride(1),
+        pad.stride(0), padcnt.stride(0), reg.stride(0), regcnt.stride(0),
+        Hq, Nq, Nk, qk_scale,
+        triton.next_power_of_2(Nq), triton.next_power_of_2(Nk),
+    )
+    if _INTERPRET or blocks is not None:
+        bm, bn = blocks or _INTERPRET_BLOCKS
+        grid = (triton.cdiv(Nq, bm), B * Hq)
+        _vrr_attention_fwd_kernel[grid](*args, **common, BLOCK_M=bm, BLOCK_N=bn)
+    else:
+        grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
+        _vrr_attention_fwd_kernel_tuned[grid](*args, **common)
+    return mass
+
+
+def _check_inputs(q, k, v, region_mask, causal, key_padding_mask):
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be 4-D [B,H,N,D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    B, Hq, Nq, D = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape; got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"k/v [B,Hkv,Nk,D] do not match q [B,Hq,Nq,D]: {tuple(k.shape)} vs {tuple(q.shape)}")
+    Hkv, Nk = k.shape[1], k.shape[2]
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"GQA needs Hq % Hkv == 0; got Hq={Hq}, Hkv={Hkv}")
+    if causal and Nq > Nk:
+        raise ValueError(f"causal attention needs Nq <= Nk (queries are the last Nq positions); got Nq={Nq}, Nk={Nk}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"vrr_attention supports float16/bfloat16/float32, got {q.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    for name, m in (("region_mask", region_mask), ("key_padding_mask", key_padding_mask)):
+        if m is None:
+            continue
+        if m.dtype != torch.bool or tuple(m.shape) != (B, Nk):
+            raise ValueError(f"{name} must be bool [B, Nk] = [{B}, {Nk}]; got {m.dtype} {tuple(m.shape)}")
+    devices = {t.device for t in (q, k, v, region_mask) if t is not None}
+    if key_padding_mask is not None:
+        devices.add(key_padding_mask.device)
+    if len(devices) != 1:
+        raise ValueError(f"all inputs must be on one device; got {sorted(map(str, devices))}")
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        raise RuntimeError(
+            "vrr_attention is forward-only (it scores rollouts): call it under torch.no_grad() or pass detached tensors"
+        )
+
+
+def vrr_attention(q, k, v, region_mask, *, causal=True, key_padding_mask=None, scale=None, out=None):
+    """Softmax attention plus the probability mass every query puts on the region keys.
+
+    Args:
+        q: Tensor[B, Hq, Nq, D] (float16 / bfloat16 / float32).
+        k, v: Tensor[B, Hkv, Nk, D], same dtype, ``Hq % Hkv == 0`` (GQA: query head h reads kv head h // (Hq/Hkv)).
+        region_mask: Bool[B, Nk], True = key is an image patch inside the abnormal region.
+        causal: key j allowed for query i iff ``j <= i + Nk - Nq`` (queries are the last Nq positions; needs Nq <= Nk).
+        key_padding_mask: Bool[B, Nk], True = real token, or None (all real).
+        scale: softmax scale, default ``1/sqrt(D)``.
+        out: optional Tensor[B, Hq, Nq, D] view to write the output into (e.g. a transposed [B,Nq,Hq,D] buffer).
+
+    Returns:
+        out: Tensor[B, Hq, Nq, D] in q.dtype, equal to softmax attention.
+        mass: Float32[B, Hq, Nq], ``mass[b,h,i] = sum_{j in region} p[b,h,i,j]`` where p is the FULL softmax row over
+        all allowed keys. Rows with no allowed key give out = 0 and mass = 0.
+
+    Runs the Triton kernel on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``; other CPU calls use
+    :func:`vrr_attention_ref` (plain torch, materializes the N x N map), so the same code path works everywhere.
+    """
+    _check_inputs(q, k, v, region_mask, causal, key_padding_mask)
+    B, Hq, Nq, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if not (q.is_cuda or _INTERPRET):
+        o, mass = vrr_attention_ref(q, k, v, region_mask, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+        if out is None:
+            return o, mass
+        out.copy_(o)
+        return out, mass
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    elif tuple(out.shape) != tuple(q.shape) or out.dtype != q.dtype or out.stride(-1) != 1:
+        raise ValueError(f"out must be a {q.dtype} view of shape {tuple(q.shape)} with a contiguous last dim")
+
+    def last_dim_contig(t):
+        return t if t.stride(-1) == 1 else t.contiguous()
+
+    q, k, v = last_dim_contig(q), last_dim_contig(k), last_dim_contig(v)
+    region_mask = region_mask.contiguous()
+    if key_padding_mask is not None:
+        key_padding_mask = key_padding_mask.contiguous()
+    mass = _vrr_attention_fwd(q, k, v, region_mask, key_padding_mask, causal, scale, out)
+    return out, mass
+
+
+def vrr_attention_ref(q, k, v, region_mask, *, causal=True, key_padding_mask=None, scale=None, upcast=True):
+    """Plain-torch oracle with the signature of :func:`vrr_attention`.
+
+    ``upcast=True`` computes in float32 (float64 stays float64); ``upcast=False`` computes in the input dtype, which is
+    the "torch doing the same in the same dtype" baseline of the accuracy rule. Materializes [B, Hq, Nq, Nk].
+    """
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    cdt = q.dtype
+    if upcast and q.dtype in (torch.float16, torch.bfloat16):
+        cdt = torch.float32
+    qc, kc, vc = q.to(cdt), k.to(cdt), v.to(cdt)
+    if Hkv != Hq:
+        kc = kc.repeat_interleave(Hq // Hkv, dim=1)
+        vc = vc.repeat_interleave(Hq // Hkv, dim=1)
+    scores = torch.matmul(qc, kc.transpose(-1, -2)) * scale  # [B,Hq,Nq,Nk]
+    allowed = torch.ones(B, 1, Nq, Nk, dtype=torch.bool, device=q.device)
+    if causal:
+        i = torch.arange(Nq, device=q.device)[:, None]
+        j = torch.arange(Nk, device=q.device)[None, :]
+        allowed = allowed & (j <= i + (Nk - Nq))
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask[:, None, None, :]
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    row_ok = allowed.any(-1, keepdim=True)  # [B,1,Nq,1]
+    p = torch.softmax(scores.masked_fill(~row_ok, 0.0), dim=-1).masked_fill(~allowed, 0.0)
+    out = torch.matmul(p, vc).masked_fill(~row_ok, 0.0)
+    mass = (p * region_mask[:, None, None, :].to(p.dtype)).sum(-1).masked_fill(~row_ok[..., 0], 0.0)
+    return out.to(q.dtype), mass.float() if mass.dtype != torch.float64 else mass

@@ -1,0 +1,145 @@
+"""vrr_attention (Triton, run by the CPU interpreter) against a float64 oracle.
+
+Accuracy rule (flash-attention's tests): the kernel's max error against float64 is at most 2x the error of torch
+computing the same thing in the same dtype (plus a tiny absolute floor for float32).
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+
+from umedfast.kernels import vrr_attention, vrr_attention_ref
+
+
+def _inputs(B, Hq, Hkv, Nq, Nk, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, Nq, D, generator=g).to(dtype)
+    k = torch.randn(B, Hkv, Nk, D, generator=g).to(dtype)
+    v = torch.randn(B, Hkv, Nk, D, generator=g).to(dtype)
+    return q, k, v
+
+
+def _region(kind, B, Nk, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "random":
+        return torch.rand(B, Nk, generator=g) < 0.3
+    if kind == "empty":
+        return torch.zeros(B, Nk, dtype=torch.bool)
+    if kind == "full":
+        return torch.ones(B, Nk, dtype=torch.bool)
+    if kind == "span":  # a contiguous run of "image patches", as in a VLM prompt: most key blocks hold no region key
+        m = torch.zeros(B, Nk, dtype=torch.bool)
+        m[:, Nk // 3: Nk // 3 + 7] = True
+        return m
+    raise ValueError(kind)
+
+
+def _padding(kind, B, Nk):
+    if kind is None:
+        return None
+    m = torch.ones(B, Nk, dtype=torch.bool)
+    if kind == "left":
+        m[-1, : Nk // 2] = False  # left padding: early queries of the last sample see no key at all (causal)
+    elif kind == "right":
+        m[-1, Nk - Nk // 3:] = False
+    elif kind == "all":
+        m[-1] = False  # a sample made only of padding: every row has no allowed key
+    return m
+
+
+def _check(q, k, v, region, *, causal, pad, scale=None):
+    out, mass = vrr_attention(q, k, v, region, causal=causal, key_padding_mask=pad, scale=scale)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert mass.shape == q.shape[:3] and mass.dtype == torch.float32
+    assert torch.isfinite(out.float()).all() and torch.isfinite(mass).all()
+    o64, m64 = vrr_attention_ref(q.double(), k.double(), v.double(), region, causal=causal, key_padding_mask=pad,
+                                 scale=scale)
+    o_t, m_t = vrr_attention_ref(q, k, v, region, causal=causal, key_padding_mask=pad, scale=scale, upcast=False)
+    floor = 1e-6 if q.dtype == torch.float32 else 0.0
+    err_o = (out.double() - o64).abs().max().item()
+    err_o_torch = (o_t.double() - o64).abs().max().item()
+    err_m = (mass.double() - m64).abs().max().item()
+    err_m_torch = (m_t.double() - m64).abs().max().item()
+    assert err_o <= 2 * err_o_torch + floor, (err_o, err_o_torch)
+    assert err_m <= 2 * err_m_torch + floor, (err_m, err_m_torch)
+    return out, mass, o64, m64
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("Nq,Nk", [(37, 37), (37, 129)])
+def test_matches_reference_gqa_padding(dtype, causal, Nq, Nk):
+    q, k, v = _inputs(2, 4, 2, Nq, Nk, 80, dtype)
+    _check(q, k, v, _region("random", 2, Nk), causal=causal, pad=_padding("right" if causal else "left", 2, Nk))
+
+
+@pytest.mark.parametrize("region", ["empty", "full", "span"])
+@pytest.mark.parametrize("pad", [None, "left", "all"])
+def test_region_and_padding_edge_cases(region, pad):
+    q, k, v = _inputs(2, 2, 1, 37, 37, 32, torch.bfloat16, seed=3)
+    out, mass, o64, m64 = _check(q, k, v, _region(region, 2, 37), causal=True, pad=_padding(pad, 2, 37))
+    no_key = ~(torch.isfinite(o64).all(-1)) | (o64 == 0).all(-1)  # rows with no allowed key (oracle gives exactly 0)
+    if pad in ("left", "all"):
+        assert no_key[-1].any()
+        assert (out[no_key] == 0).all() and (mass[no_key] == 0).all()
+    if region == "empty":
+        assert (mass == 0).all()
+    if region == "full":  # every row with a key puts all its mass on the region
+        torch.testing.assert_close(mass[~no_key], torch.ones_like(mass[~no_key]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("D", [20, 64, 96, 128])
+def test_head_dims(D):
+    q, k, v = _inputs(1, 2, 2, 17, 45, D, torch.float16, seed=D)
+    _check(q, k, v, _region("random", 1, 45), causal=True, pad=None, scale=0.3)
+
+
+@pytest.mark.parametrize("blocks", [(16, 64), (64, 16)])
+def test_other_block_shapes(blocks):
+    """The autotuned GPU path picks other tiles: the two-stage (unmasked / diagonal) split must hold for any of them."""
+    from umedfast.kernels.vrr_attention import _vrr_attention_fwd
+
+    q, k, v = _inputs(2, 4, 2, 37, 129, 32, torch.float32, seed=7)
+    region, pad = _region("span", 2, 129), _padding("left", 2, 129)
+    for causal in (True, False):
+        out = torch.empty_like(q)
+        mass = _vrr_attention_fwd(q, k, v, region, pad, causal, 32 ** -0.5, out, blocks=blocks)
+        o64, m64 = vrr_attention_ref(q.double(), k.double(), v.double(), region, causal=causal, key_padding_mask=pad)
+        torch.testing.assert_close(out.double(), o64, atol=2e-5, rtol=0)
+        torch.testing.assert_close(mass.double(), m64, atol=2e-6, rtol=0)
+
+
+def test_strided_inputs_and_out_view():
+    """HF hands [B,N,H,D] buffers transposed to [B,H,N,D]; the output may be written straight into a [B,N,H,D] buffer."""
+    B, N, H, D = 2, 37, 4, 32
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(B, N, H, D, generator=g).transpose(1, 2)
+    k = torch.randn(B, N, 2, D, generator=g).transpose(1, 2)
+    v = torch.randn(B, N, 2, D, generator=g).transpose(1, 2)
+    region = _region("random", B, N)
+    buf = torch.empty(B, N, H, D)
+    out, mass = vrr_attention(q, k, v, region, out=buf.transpose(1, 2))
+    assert out.data_ptr() == buf.data_ptr()
+    o64, m64 = vrr_attention_ref(q.double(), k.double(), v.double(), region)
+    torch.testing.assert_close(buf.double(), o64.transpose(1, 2), atol=2e-6, rtol=0)
+    torch.testing.assert_close(mass.double(), m64, atol=1e-6, rtol=0)
+
+
+def test_forward_only_and_input_errors():
+    q, k, v = _inputs(1, 2, 1, 8, 8, 32, torch.float32)
+    region = torch.zeros(1, 8, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="forward-only"):
+        vrr_attention(q.requires_grad_(), k, v, region)
+    q = q.detach()
+    with torch.no_grad():  # allowed under no_grad even if the tensor requires grad
+        vrr_attention(q.clone().requires_grad_(), k, v, region)
+    with pytest.raises(ValueError, match="GQA"):
+        vrr_attention(q, *_inputs(1, 3, 3, 8, 8, 32, torch.float32)[1:], region)
+    with pytest.raises(ValueError, match="Nq <= Nk"):
+        vrr_attention(torch.randn(1, 2, 9, 32), k, v, region)
+    with pytest.raises(ValueError, match="region_mask"):
+        vrr_attention(q, k, v, region.float())
+    with pytest.raises(TypeError, match="share a dtype"):
+        vrr_attention(q, k.half(), v, region)
