@@ -1,0 +1,468 @@
+"""Fused token log-probs and entropy straight from the last hidden states and the LM head.
+
+PPO needs, for every response token, ``log p(target)`` and the entropy of the policy's distribution. The usual way
+materializes logits ``[N, V]`` (plus log-softmax, softmax and their gradients, each ``[N, V]``), which dominates
+memory for real vocabularies (Qwen2-VL: V = 151936). Here the logits are produced one vocabulary chunk at a time
+and folded into an online log-sum-exp, so no ``[N, V]`` tensor ever exists, forward or backward.
+
+Math, for one row with logits ``z = (h @ W^T + b) / temperature`` and ``p = softmax(z)``:
+
+    lse      = log sum_j exp(z_j)                       (online: running max m, s = sum e^(z-m), t = sum e^(z-m)(z-m))
+    logprob  = z_y - lse
+    entropy  = lse - sum_j p_j z_j = log s - t / s
+    d logprob / d z_j = 1[j = y] - p_j
+    d entropy / d z_j = -p_j (z_j - lse + entropy)
+
+Rows whose target is ``IGNORE_INDEX`` (-100) get logprob 0 and entropy 0 and pass no gradient.
+
+Layout (Liger-Kernel ``ops/<op>.py`` style): the ``@triton.jit`` kernels, the host launchers, a chunked plain-torch
+path with the same math, the ``torch.autograd.Function``, the public function, and the full-logits oracle
+``token_logprobs_entropy_ref``.
+
+Backends. ``token_logprobs_entropy`` runs the Triton kernels when the tensors are on CUDA or when
+``TRITON_INTERPRET=1`` (the CPU tests); on plain CPU it runs the chunked torch path (same math, one ``[N, chunk]``
+logits block at a time, fp32 accumulation), because Triton has no CPU backend outside its interpreter.
+
+Triton forward: grid ``(row blocks, vocab splits)``; each program walks its share of the vocabulary in
+``BLOCK_V`` chunks, computing the logits tile with ``tl.dot`` over ``BLOCK_H`` slices of the hidden size, and writes
+its partial ``(m, s, t, z_target)``; a tiny torch combine over the splits gives ``lse``, logprob and entropy
+(flash-decoding style split, so a short sequence still fills the GPU). Triton backward: grid
+``(row blocks, vocab chunks)``; each program recomputes its logits tile, forms ``dz`` and atomically adds
+``dz @ W_chunk`` into ``dhidden`` and ``dz^T @ h`` into ``dweight`` (fp32 buffers), as in Apple's Cut Cross-Entropy.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+IGNORE_INDEX = -100
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _logits_tile(
+    h_ptr, w_ptr, b_ptr, offs_n, offs_v, mask_n, mask_v, H,
+    stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """fp32 logits tile [BLOCK_N, BLOCK_V] = (h[offs_n] @ W[offs_v]^T + b[offs_v]) * inv_temp."""
+    acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        mask_h = offs_h < H
+        a = tl.load(h_ptr + offs_n[:, None] * stride_hn + offs_h[None, :] * stride_hh,
+                    mask=mask_n[:, None] & mask_h[None, :], other=0.0)
+        wt = tl.load(w_ptr + offs_v[None, :] * stride_wv + offs_h[:, None] * stride_wh,
+                     mask=mask_v[None, :] & mask_h[:, None], other=0.0)  # [BLOCK_H, BLOCK_V]
+        if UPCAST:  # the interpreter multiplies bf16 bit patterns in tl.dot: go through fp32 there only
+            a = a.to(tl.float32)
+            wt = wt.to(tl.float32)
+        acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_v, mask=mask_v, other=0.0).to(tl.float32)[None, :]
+    return acc * inv_temp
+
+
+@triton.jit
+def _lpe_fwd_kernel(
+    h_ptr, w_ptr, b_ptr, tgt_ptr,
+    m_ptr, s_ptr, t_ptr, zt_ptr,  # partials, each [SPLITS, N] fp32
+    N, V, H, chunks_per_split,
+    stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One program: BLOCK_N rows x one split of the vocabulary; online (max, sum-exp, sum-exp*(z-max), z_target)."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    tgt = tl.load(tgt_ptr + offs_n, mask=mask_n, other=-1)
+
+    m = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+    s = tl.zeros([BLOCK_N], dtype=tl.float32)
+    t = tl.zeros([BLOCK_N], dtype=tl.float32)  # sum e^(z - m) (z - m): keeps entropy free of cancellation
+    zt = tl.zeros([BLOCK_N], dtype=tl.float32)
+    v_begin = pid_s * chunks_per_split * BLOCK_V
+    for c in range(0, chunks_per_split):
+        offs_v = v_begin + c * BLOCK_V + tl.arange(0, BLOCK_V)
+        mask_v = offs_v < V
+        z = _logits_tile(h_ptr, w_ptr, b_ptr, offs_n, offs_v, mask_n, mask_v, H,
+                         stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
+                         HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, UPCAST, DOT_PRECISION)
+        z = tl.where(mask_v[None, :], z, float("-inf"))
+        m_new = tl.maximum(m, tl.max(z, axis=1))
+        m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a chunk past V (all masked) leaves m at -inf
+        alpha = tl.exp(m - m_new_safe)
+        shift = tl.where(s > 0, m - m_new_safe, 0.0)  # (m_old - m_new) * s_old, 0 while nothing is accumulated
+        zc = tl.where(mask_v[None, :], z - m_new_safe[:, None], 0.0)
+        p = tl.where(mask_v[None, :], tl.exp(zc), 0.0)
+        t = alpha * (t + shift * s) + tl.sum(p * zc, axis=1)
+        s = alpha * s + tl.sum(p, axis=1)
+        m = m_new
+        hit = (offs_v[None, :] == tgt[:, None]) & mask_v[None, :]
+        zt += tl.sum(tl.where(hit, z, 0.0), axis=1)
+    out = pid_s * N + offs_n
+    tl.store(m_ptr + out, m, mask=mask_n)
+    tl.store(s_ptr + out, s, mask=mask_n)
+    tl.store(t_ptr + out, t, mask=mask_n)
+    tl.store(zt_ptr + out, zt, mask=mask_n)
+
+
+@triton.jit
+def _lpe_bwd_kernel(
+    h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ent_ptr, glp_ptr, gent_ptr,
+    dh_ptr, dw_ptr, db_ptr,  # fp32 accumulators, contiguous [N, H], [V, H], [V]
+    N, V, H,
+    stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
+    HAS_BIAS: tl.constexpr, COMPUTE_DH: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
+    IGNORE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One program: BLOCK_N rows x BLOCK_V vocabulary entries; recompute logits, dz, scatter into the grads."""
+    pid_n = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_n = offs_n < N
+    mask_v = offs_v < V
+
+    tgt = tl.load(tgt_ptr + offs_n, mask=mask_n, other=IGNORE)
+    valid = mask_n & (tgt != IGNORE)
+    lse = tl.load(lse_ptr + offs_n, mask=mask_n, other=0.0)
+    ent = tl.load(ent_ptr + offs_n, mask=mask_n, other=0.0)
+    g_lp = tl.where(valid, tl.load(glp_ptr + offs_n, mask=mask_n, other=0.0), 0.0)
+    g_ent = tl.where(valid, tl.load(gent_ptr + offs_n, mask=mask_n, other=0.0), 0.0)
+
+    z = _logits_tile(h_ptr, w_ptr, b_ptr, offs_n, offs_v, mask_n, mask_v, H,
+                     stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
+                     HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, UPCAST, DOT_PRECISION)
+    zl = z - lse[:, None]  # log p
+    p = tl.exp(zl)
+    onehot = (offs_v[None, :] == tgt[:, None]).to(tl.float32)
+    dz = g_lp[:, None] * (onehot - p) - g_ent[:, None] * p * (zl + ent[:, None])
+    dz = tl.where(mask_v[None, :] & valid[:, None], dz, 0.0) * inv_temp  # d/d(raw logits)
+
+    if COMPUTE_DB:
+        tl.atomic_add(db_ptr + offs_v, tl.sum(dz, axis=0), mask=mask_v)
+    if UPCAST:
+        dz_in = dz
+    else:
+        dz_in = dz.to(h_ptr.dtype.element_ty)  # bf16/fp16 tensor-core dots, fp32 accumulation
+    for h0 in range(0, H, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        mask_h = offs_h < H
+        if COMPUTE_DH:
+            w = tl.load(w_ptr + offs_v[:, None] * stride_wv + offs_h[None, :] * stride_wh,
+                        mask=mask_v[:, None] & mask_h[None, :], other=0.0)  # [BLOCK_V, BLOCK_H]
+            if UPCAST:
+                w = w.to(tl.float32)
+            dh = tl.dot(dz_in, w, input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_H]
+            tl.atomic_add(dh_ptr + offs_n[:, None] * H + offs_h[None, :], dh,
+                          mask=mask_n[:, None] & mask_h[None, :])
+        if COMPUTE_DW:
+            a = tl.load(h_ptr + offs_n[:, None] * stride_hn + offs_h[None, :] * stride_hh,
+                        mask=mask_n[:, None] & mask_h[None, :], other=0.0)  # [BLOCK_N, BLOCK_H]
+            if UPCAST:
+                a = a.to(tl.float32)
+            dw = tl.dot(tl.trans(dz_in), a, input_precision=DOT_PRECISION)  # [BLOCK_V, BLOCK_H]
+            tl.atomic_add(dw_ptr + offs_v[:, None] * H + offs_h[None, :], dw,
+                          mask=mask_v[:, None] & mask_h[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Host launchers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _prev_pow2(x: int) -> int:
+    return 1 << (max(int(x), 1).bit_length() - 1)
+
+
+def _triton_config(n: int, v: int, h: int, chunk_size: int | None, device: torch.device) -> dict:
+    """Tile sizes. chunk_size sets BLOCK_V (rounded down to a power of two, clamped to [16, 256])."""
+    interp = _interpreting()
+    block_v = min(256, max(16, _prev_pow2(chunk_size))) if chunk_size else (64 if interp else 128)
+    block_n = 16 if interp else 64
+    block_h = 32 if interp else 64
+    n_chunks = triton.cdiv(v, block_v)
+    row_blocks = triton.cdiv(n, block_n)
+    if interp:
+        splits = min(n_chunks, 3)  # exercise the split combine in the CPU tests
+    else:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        splits = max(1, min(n_chunks, triton.cdiv(4 * sms, row_blocks)))
+    chunks_per_split = triton.cdiv(n_chunks, splits)
+    splits = triton.cdiv(n_chunks, chunks_per_split)  # no empty split
+    return dict(BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, splits=splits,
+                chunks_per_split=chunks_per_split, num_warps=4 if interp else 8)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs follow torch's own matmul setting (TF32 off by default), so fp32 results match torch fp32.
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _fwd_triton(hidden, weight, bias, targets, inv_temp, chunk_size):
+    """Returns (logprob, entropy, lse), each Float32[N]."""
+    n, h = hidden.shape
+    v = weight.shape[0]
+    cfg = _triton_config(n, v, h, chunk_size, hidden.device)
+    part = torch.empty((4, cfg["splits"], n), device=hidden.device, dtype=torch.float32)
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), cfg["splits"])
+    _lpe_fwd_kernel[grid](
+        hidden, weight, bias if bias is not None else hidden, targets,
+        part[0], part[1], part[2], part[3],
+        n, v, h, cfg["chunks_per_split"],
+        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), inv_temp,
+        HAS_BIAS=bias is not None, BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], BLOCK_H=cfg["BLOCK_H"],
+        UPCAST=_interpreting(), DOT_PRECISION=_dot_precision(hidden.dtype), num_warps=cfg["num_warps"],
+    )
+    return _combine_splits(part[0], part[1], part[2], part[3].sum(0), targets)
+
+
+def _combine_splits(m, s, t, zt, targets):
+    """Merge per-split online states [S, N] into (logprob, entropy, lse), each [N]."""
+    mx = m.max(0).values
+    alpha = torch.exp(m - mx)
+    s_all = (alpha * s).sum(0)
+    shift = torch.where(s > 0, (m - mx) * s, torch.zeros_like(s))
+    t_all = (alpha * (t + shift)).sum(0)
+    log_s = torch.log(s_all)
+    lse = mx + log_s
+    valid = targets != IGNORE_INDEX
+    logprob = torch.where(valid, zt - lse, torch.zeros_like(lse))
+    entropy = torch.where(valid, log_s - t_all / s_all, torch.zeros_like(lse))
+    return logprob, entropy, lse
+
+
+def _bwd_triton(hidden, weight, bias, targets, lse, entropy, g_lp, g_ent, inv_temp, chunk_size, needs):
+    n, h = hidden.shape
+    v = weight.shape[0]
+    cfg = _triton_config(n, v, h, chunk_size, hidden.device)
+    f32 = dict(device=hidden.device, dtype=torch.float32)
+    dh = torch.zeros((n, h), **f32) if needs[0] else None
+    dw = torch.zeros((v, h), **f32) if needs[1] else None
+    db = torch.zeros((v,), **f32) if needs[2] else None
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(v, cfg["BLOCK_V"]))
+    _lpe_bwd_kernel[grid](
+        hidden, weight, bias if bias is not None else hidden, targets, lse, entropy, g_lp, g_ent,
+        dh if dh is not None else lse, dw if dw is not None else lse, db if db is not None else lse,
+        n, v, h,
+        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), inv_temp,
+        HAS_BIAS=bias is not None, COMPUTE_DH=dh is not None, COMPUTE_DW=dw is not None,
+        COMPUTE_DB=db is not None, IGNORE=IGNORE_INDEX,
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], BLOCK_H=cfg["BLOCK_H"],
+        UPCAST=_interpreting(), DOT_PRECISION=_dot_precision(hidden.dtype), num_warps=cfg["num_warps"],
+    )
+    return dh, dw, db
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Chunked plain-torch path (plain CPU): same math, one [N, chunk] block of logits at a time
+# ----------------------------------------------------------------------------------------------------------------------
+
+_TORCH_CHUNK = 4096
+
+
+def _chunk_logits(hf, weight, bias, v0, v1, inv_temp):
+    z = hf @ weight[v0:v1].float().T  # [N, C] fp32
+    if bias is not None:
+        z += bias[v0:v1].float()
+    return z.mul_(inv_temp)
+
+
+def _fwd_torch(hidden, weight, bias, targets, inv_temp, chunk_size):
+    n = hidden.shape[0]
+    v = weight.shape[0]
+    chunk = chunk_size or _TORCH_CHUNK
+    hf = hidden.float()
+    m = torch.full((n,), float("-inf"), device=hidden.device)
+    s = torch.zeros(n, device=hidden.device)
+    t = torch.zeros(n, device=hidden.device)
+    zt = torch.zeros(n, device=hidden.device)
+    for v0 in range(0, v, chunk):
+        v1 = min(v, v0 + chunk)
+        z = _chunk_logits(hf, weight, bias, v0, v1, inv_temp)
+        m_new = torch.maximum(m, z.max(1).values)
+        alpha = torch.exp(m - m_new)
+        shift = torch.where(s > 0, m - m_new, torch.zeros_like(m))
+        inside = (targets >= v0) & (targets < v1)
+        picked = z.gather(1, (targets - v0).clamp(0, v1 - v0 - 1)[:, None]).squeeze(1)
+        zt = torch.where(inside, picked, zt)
+        z -= m_new[:, None]  # z - m_new, in place
+        p = torch.exp(z)
+        t = alpha * (t + shift * s) + (p * z).sum(1)
+        s = alpha * s + p.sum(1)
+        m = m_new
+        del z, p
+    return _combine_splits(m[None], s[None], t[None], zt, targets)
+
+
+def _bwd_torch(hidden, weight, bias, targets, lse, entropy, g_lp, g_ent, inv_temp, chunk_size, needs):
+    n, h = hidden.shape
+    v = weight.shape[0]
+    chunk = chunk_size or _TORCH_CHUNK
+    hf = hidden.float()
+    valid = targets != IGNORE_INDEX
+    g_lp = torch.where(valid, g_lp, torch.zeros_like(g_lp))[:, None]
+    g_ent = torch.where(valid, g_ent, torch.zeros_like(g_ent))[:, None]
+    dh = torch.zeros((n, h), device=hidden.device) if needs[0] else None
+    dw = torch.empty((v, h), device=hidden.device) if needs[1] else None
+    db = torch.empty((v,), device=hidden.device) if needs[2] else None
+    for v0 in range(0, v, chunk):
+        v1 = min(v, v0 + chunk)
+        zl = _chunk_logits(hf, weight, bias, v0, v1, inv_temp).sub_(lse[:, None])  # log p
+        p = torch.exp(zl)
+        # dz = g_lp (onehot - p) - g_ent p (log p + H), built in place to keep one [N, C] live besides p
+        dz = zl.add_(entropy[:, None]).mul_(g_ent).add_(g_lp).mul_(p).neg_()
+        del p
+        inside = valid & (targets >= v0) & (targets < v1)
+        rows = inside.nonzero().squeeze(1)
+        dz[rows, targets[rows] - v0] += g_lp[rows, 0]
+        dz.mul_(inv_temp)
+        if dh is not None:
+            dh.addmm_(dz, weight[v0:v1].float())
+        if dw is not None:
+            dw[v0:v1] = dz.T @ hf
+        if db is not None:
+            db[v0:v1] = dz.sum(0)
+        del dz
+    return dh, dw, db
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Autograd and public function
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class _TokenLogprobsEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, inv_temp, chunk_size, backend):
+        fwd = _fwd_triton if backend == "triton" else _fwd_torch
+        logprob, entropy, lse = fwd(hidden, weight, bias, targets, inv_temp, chunk_size)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
+        ctx.inv_temp, ctx.chunk_size, ctx.backend = inv_temp, chunk_size, backend
+        return logprob, entropy
+
+    @staticmethod
+    def backward(ctx, g_lp, g_ent):
+        hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        if not any(needs):
+            return (None,) * 7
+        n = hidden.shape[0]
+        g_lp = torch.zeros(n, device=hidden.device) if g_lp is None else g_lp.float().contiguous()
+        g_ent = torch.zeros(n, device=hidden.device) if g_ent is None else g_ent.float().contiguous()
+        bwd = _bwd_triton if ctx.backend == "triton" else _bwd_torch
+        dh, dw, db = bwd(hidden, weight, bias, targets, lse, entropy, g_lp, g_ent,
+                         ctx.inv_temp, ctx.chunk_size, needs)
+        dh = dh.to(hidden.dtype) if dh is not None else None
+        dw = dw.to(weight.dtype) if dw is not None else None
+        db = db.to(bias.dtype) if db is not None else None
+        return dh, dw, db, None, None, None, None
+
+
+def token_logprobs_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token log-probs and entropies of ``softmax((hidden @ weight^T + bias) / temperature)``, without [N, V] logits.
+
+    Args:
+        hidden: Tensor[N, H] (or [B, T, H]) last hidden states, fp32/bf16/fp16.
+        weight: Tensor[V, H] LM head weight, same dtype and device as ``hidden``.
+        targets: Long[N] (or [B, T]) token ids in [0, V); ``-100`` (IGNORE_INDEX) marks rows to skip.
+        bias: optional Tensor[V].
+        temperature: logits are divided by it (> 0), as at sampling time.
+        chunk_size: vocabulary chunk. Triton: BLOCK_V, rounded down to a power of two in [16, 256] (default 128);
+            torch path: columns of logits held at once (default 4096).
+        backend: ``"triton"``, ``"torch"`` or None (auto: Triton on CUDA or under ``TRITON_INTERPRET=1``, the
+            chunked torch path on plain CPU).
+
+    Returns:
+        (logprob, entropy), each Float32[N] (or [B, T]). Ignored rows give 0 for both and no gradient.
+        Differentiable w.r.t. ``hidden``, ``weight`` and ``bias``, through both outputs.
+    """
+    if hidden.dim() not in (2, 3):
+        raise ValueError(f"hidden must be [N, H] or [B, T, H], got shape {tuple(hidden.shape)}")
+    lead = hidden.shape[:-1]
+    if tuple(targets.shape) != tuple(lead):
+        raise ValueError(f"targets shape {tuple(targets.shape)} must equal hidden's leading dims {tuple(lead)}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight must be [V, {hidden.shape[-1]}], got {tuple(weight.shape)}")
+    if weight.dtype != hidden.dtype or weight.device != hidden.device:
+        raise ValueError(f"hidden ({hidden.dtype}, {hidden.device}) and weight ({weight.dtype}, {weight.device}) "
+                         "must share dtype and device")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if targets.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"targets must be an integer tensor, got {targets.dtype}")
+    v = weight.shape[0]
+    h2 = hidden.reshape(-1, hidden.shape[-1])
+    tgt = targets.reshape(-1).to(torch.int64).contiguous()
+    bad = (tgt != IGNORE_INDEX) & ((tgt < 0) | (tgt >= v))
+    if bool(bad.any()):
+        raise ValueError(f"targets must be in [0, {v}) or {IGNORE_INDEX}; got {tgt[bad][:5].tolist()}")
+    if backend is None:
+        backend = "triton" if (hidden.is_cuda or _interpreting()) else "torch"
+    if backend not in ("triton", "torch"):
+        raise ValueError(f"backend must be 'triton', 'torch' or None, got {backend!r}")
+    if bias is not None:
+        bias = bias.contiguous()
+    logprob, entropy = _TokenLogprobsEntropy.apply(h2, weight, bias, tgt, 1.0 / float(temperature), chunk_size,
+                                                   backend)
+    return logprob.reshape(lead), entropy.reshape(lead)
+
+
+def token_logprobs_entropy_ref(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Oracle: full [N, V] logits, log_softmax, gather, entropy, all in the inputs' dtype (float64 for the tests).
+
+    Same signature and sentinel as ``token_logprobs_entropy`` (``chunk_size``/``backend`` are accepted and unused).
+    Returns outputs in float32, or in float64 when the inputs are float64 (so the oracle keeps its precision).
+    """
+    del chunk_size, backend
+    logits = hidden @ weight.T
+    if bias is not None:
+        logits = logits + bias
+    logits = logits / temperature
+    logp = torch.log_softmax(logits, dim=-1)
+    valid = targets != IGNORE_INDEX
+    picked = logp.gather(-1, torch.where(valid, targets, 0).unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    zero = torch.zeros_like(picked)
+    out_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    return torch.where(valid, picked, zero).to(out_dtype), torch.where(valid, entropy, zero).to(out_dtype)
