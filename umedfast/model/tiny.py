@@ -1,0 +1,61 @@
+"""Configs of the tiny offline default models (real HF architectures, random init, built in about a second).
+
+Sizes were picked by measuring SFT speed and learnability on MAU-Synth on 2 CPU cores (docs/models.md).
+``TinySizes`` holds every knob so tests and benchmarks can shrink or grow the model through ``load_vlm(..., tiny=)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, Qwen2VLConfig
+
+
+@dataclass(frozen=True)
+class TinySizes:
+    image_size: int = 112        # side of the processed image (the processor resizes, no crop)
+    patch_size: int = 14         # LLaVA: 112/14 -> 8x8 = 64 image tokens; Qwen2-VL: 2x2 merge -> 4x4 = 16
+    vision_hidden: int = 128     # vision tower width
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 256       # language model width
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 2       # GQA, like the real LLaMA-3 / Qwen2 models the VRR kernel must serve
+    text_intermediate: int = 512
+    max_positions: int = 1024
+
+
+def tiny_llava_config(tok, s: TinySizes = TinySizes()) -> LlavaConfig:
+    """LLaVA-1.5 layout: CLIP ViT -> 2-layer GELU MLP projector -> Llama. Uses the last vision layer (the tower is
+    tiny and untrained, the penultimate-layer trick of LLaVA buys nothing)."""
+    vision = CLIPVisionConfig(hidden_size=s.vision_hidden, intermediate_size=4 * s.vision_hidden,
+                              num_hidden_layers=s.vision_layers, num_attention_heads=s.vision_heads,
+                              image_size=s.image_size, patch_size=s.patch_size, projection_dim=s.vision_hidden)
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=s.text_hidden, intermediate_size=s.text_intermediate,
+                       num_hidden_layers=s.text_layers, num_attention_heads=s.text_heads,
+                       num_key_value_heads=s.text_kv_heads, max_position_embeddings=s.max_positions,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                       tie_word_embeddings=False)
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
+                       vision_feature_layer=-1, vision_feature_select_strategy="default",
+                       projector_hidden_act="gelu", pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+
+
+def tiny_qwen2_vl_config(tok, s: TinySizes = TinySizes()) -> Qwen2VLConfig:
+    """Qwen2-VL layout: ViT with 2D RoPE and 2x2 patch merger -> Qwen2 LM with M-RoPE."""
+    head_dim = s.text_hidden // s.text_heads
+    half = head_dim // 2
+    mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]  # (t, h, w) split of the rotary dims
+    text = dict(vocab_size=len(tok), hidden_size=s.text_hidden, intermediate_size=s.text_intermediate,
+                num_hidden_layers=s.text_layers, num_attention_heads=s.text_heads,
+                num_key_value_heads=s.text_kv_heads, max_position_embeddings=s.max_positions,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vision = dict(depth=s.vision_layers, embed_dim=s.vision_hidden, hidden_size=s.text_hidden, mlp_ratio=2,
+                  num_heads=s.vision_heads, patch_size=s.patch_size, spatial_merge_size=2, temporal_patch_size=2)
+    return Qwen2VLConfig(text_config=text, vision_config=vision,
+                         image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+                         video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+                         vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+                         vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+                         tie_word_embeddings=False)
