@@ -1,0 +1,129 @@
+"""Judges: offline rubric, and the OpenAI judge against a real local HTTP server with the real openai client."""
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from umedfast.boxes import format_box
+from umedfast.rewards.judge import JudgeItem, OpenAIJudge, RubricJudge, make_judge, parse_score
+
+BOX = format_box((0.1, 0.2, 0.3, 0.4))
+
+
+def test_rubric_judge_orders_answers():
+    j = RubricJudge()
+    full = JudgeItem("What is abnormal?", f"An abnormal finding is visible. It is located at {BOX}. "
+                     "The diagnosis is nodule.", labels=("nodule",))
+    wrong_class = JudgeItem("q", f"An abnormal finding is visible, located at {BOX}. The diagnosis is mass.",
+                            labels=("nodule",))
+    no_box = JudgeItem("q", "An abnormal finding is visible. The diagnosis is nodule.", labels=("nodule",))
+    s = j.score([full, wrong_class, no_box])
+    assert s[0] == pytest.approx(1.0)
+    assert s[0] > s[1] and s[0] > s[2]
+    assert s[1] == pytest.approx(0.6)
+    normal_ok = JudgeItem("q", "No abnormality is seen; the image is normal.", labels=())
+    normal_bad = JudgeItem("q", f"A nodule at {BOX}.", labels=())
+    assert j.score([normal_ok, normal_bad]) == [1.0, 0.0]
+    assert j.score([full]) == [s[0]]  # deterministic
+
+
+def test_parse_score():
+    assert parse_score('{"score": 0.8}') == 0.8
+    assert parse_score("```json\n{\"score\": 1.7}\n```") == 1.0
+    assert parse_score("I'd say 7") == 0.7
+    assert parse_score("no idea") is None and parse_score(None) is None
+
+
+class _Server:
+    """A tiny OpenAI-compatible chat-completions server. ``mode`` picks the behaviour per request."""
+
+    def __init__(self):
+        self.mode = "ok"
+        self.requests = 0
+        self.active = 0
+        self.max_active = 0
+        self.auth = set()
+        lock = threading.Lock()
+        srv = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    srv.requests += 1
+                    srv.active += 1
+                    srv.max_active = max(srv.max_active, srv.active)
+                    srv.auth.add(self.headers.get("Authorization"))
+                try:
+                    prompt = body["messages"][0]["content"]
+                    if srv.mode == "slow":
+                        time.sleep(1.5)
+                    if srv.mode == "error":
+                        self.send_response(500); self.end_headers(); self.wfile.write(b"boom"); return
+                    time.sleep(0.05)
+                    content = "garbage" if srv.mode == "garbage" else json.dumps(
+                        {"score": 0.9 if "nodule" in prompt.split("Assistant answer:")[1] else 0.1})
+                    out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                      "choices": [{"index": 0, "finish_reason": "stop",
+                                                   "message": {"role": "assistant", "content": content}}]}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                except BrokenPipeError:  # the client timed out first (the "slow" mode)
+                    pass
+                finally:
+                    with lock:
+                        srv.active -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = _Server()
+    yield s
+    s.httpd.shutdown()
+
+
+def _items(n):
+    return [JudgeItem(f"q{i}", f"answer {i} nodule" if i % 2 == 0 else f"answer {i} other", labels=("nodule",))
+            for i in range(n)]
+
+
+def test_openai_judge_scores_caches_and_bounds_concurrency(server, monkeypatch, caplog):
+    monkeypatch.setenv("TEST_JUDGE_KEY", "sk-secret-123")
+    server.mode = "ok"
+    j = make_judge("openai", base_url=server.url, model="judge", api_key_env="TEST_JUDGE_KEY", concurrency=3)
+    caplog.set_level(logging.DEBUG)
+    s = j.score(_items(10))
+    assert s == [0.9, 0.1] * 5
+    assert 1 <= server.max_active <= 3
+    assert "Bearer sk-secret-123" in server.auth
+    n = server.requests
+    assert j.score(_items(10)) == s and server.requests == n  # cache
+    assert j.stats["cache_hits"] == 10 and j.stats["failures"] == 0
+    assert "sk-secret-123" not in caplog.text and "sk-secret" not in repr(j)
+
+
+def test_openai_judge_failures_are_neutral(server):
+    j = OpenAIJudge(base_url=server.url, model="judge", retries=0, timeout_s=0.5, neutral=0.5)
+    server.mode = "garbage"
+    assert j.score(_items(2)) == [0.5, 0.5]
+    server.mode = "error"
+    assert j.score(_items(2)[:1] + [JudgeItem("z", "z")]) == [0.5, 0.5]
+    server.mode = "slow"
+    assert j.score([JudgeItem("slow", "slow")]) == [0.5]
+    assert j.stats["failures"] == 5
+    server.mode = "ok"
+    dead = OpenAIJudge(base_url="http://127.0.0.1:9/v1", model="m", retries=0, timeout_s=0.5)
+    assert dead.score(_items(1)) == [0.5] and dead.stats["failures"] == 1

@@ -1,0 +1,207 @@
+"""Relevance reward r_LLM: a judge scores how well a response answers the query, in [0, 1].
+
+Two judges share one interface, ``judge.score(items) -> list[float]``:
+
+- ``RubricJudge`` (default, offline, deterministic): the correct class is named, the three diagnostic steps
+  (detection -> localization -> recognition) are present, and a valid box is written (or, for a normal image, the
+  response says so and writes no box).
+- ``OpenAIJudge``: any OpenAI-compatible endpoint through the ``openai`` client, with a rubric prompt asking for a
+  score in [0, 1]; async with bounded concurrency, an in-memory cache, a timeout and retries. Any failure gives the
+  neutral score and increments ``stats["failures"]``: training never stops for the judge. The API key is read from
+  an environment variable and never logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+__all__ = ["JudgeItem", "RubricJudge", "OpenAIJudge", "make_judge", "parse_score"]
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    """What a judge sees for one candidate. ``labels``: ground-truth class names (empty = normal image);
+    ``synonyms``: extra accepted spellings of those classes."""
+
+    query: str
+    response: str
+    reference: str = ""
+    labels: tuple[str, ...] = ()
+    synonyms: tuple[str, ...] = ()
+    box_format: str = "norm1000"
+
+
+_NORMAL_RE = re.compile(r"\b(no (visible |obvious |significant )?(abnormalit|lesion|finding)|normal (image|study|scan)"
+                        r"|unremarkable|within normal limits)", re.I)
+_DETECT_RE = re.compile(r"\b(abnormal|lesion|finding|detect|present|observe|shows?|visible|there is|there are)", re.I)
+_LOCATE_RE = re.compile(r"\b(locat|region|box|area|at \[|position|upper|lower|left|right|cent(er|re))", re.I)
+_RECOG_RE = re.compile(r"\b(diagnos|consistent with|suggest|recogni|likely|class|impression|indicat|is an?|identified)",
+                       re.I)
+
+
+def _names_class(text: str, names: Sequence[str]) -> bool:
+    t = text.lower()
+    return any(n and re.search(r"(?<![a-z0-9])" + re.escape(n.lower()) + r"(?![a-z0-9])", t) for n in names)
+
+
+class RubricJudge:
+    """Deterministic offline rubric: 0.4 correct class, 0.3 the three steps (0.1 each), 0.3 box validity."""
+
+    name = "rubric"
+
+    def __init__(self) -> None:
+        self.stats = {"calls": 0, "failures": 0, "cache_hits": 0}
+
+    def score_one(self, it: JudgeItem) -> float:
+        from umedfast.boxes import parse_boxes
+
+        boxes = parse_boxes(it.response, it.box_format)
+        text = it.response
+        if not it.labels:  # normal image: say so, write no box
+            says_normal = bool(_NORMAL_RE.search(text))
+            return 0.7 * says_normal + 0.3 * (len(boxes) == 0)
+        cls = _names_class(text, tuple(it.labels) + tuple(it.synonyms))
+        steps = sum(bool(r.search(text)) for r in (_DETECT_RE, _LOCATE_RE, _RECOG_RE)) / 3.0
+        valid_box = any(x2 > x1 and y2 > y1 for x1, y1, x2, y2 in boxes)
+        return round(0.4 * cls + 0.3 * steps + 0.3 * valid_box, 6)
+
+    def score(self, items: Sequence[JudgeItem]) -> list[float]:
+        self.stats["calls"] += len(items)
+        return [self.score_one(it) for it in items]
+
+
+RUBRIC_PROMPT = """You grade a medical image assistant's answer for relevance and correctness.
+Ground-truth abnormal classes: {labels}
+Reference answer: {reference}
+User question: {query}
+Assistant answer: {response}
+
+Score from 0 to 1: 1 = names the correct abnormality (or correctly says the image is normal), walks through
+detection, localization and recognition, and gives a plausible location; 0 = irrelevant or wrong.
+Reply with JSON only: {{"score": <number between 0 and 1>}}"""
+
+_NUM_RE = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def parse_score(text: str | None) -> float | None:
+    """Score in [0, 1] from a judge reply (JSON ``{"score": x}`` or the first number); None if there is none."""
+    if not text:
+        return None
+    try:
+        obj = json.loads(text.strip().strip("`").removeprefix("json").strip())
+        if isinstance(obj, dict) and "score" in obj:
+            v = float(obj["score"])
+            return min(max(v, 0.0), 1.0) if v == v else None
+    except (ValueError, TypeError):
+        pass
+    m = _NUM_RE.search(text)
+    if not m:
+        return None
+    v = float(m.group())
+    if v > 1.0 and v <= 10.0:  # a 0-10 scale
+        v /= 10.0
+    return min(max(v, 0.0), 1.0)
+
+
+@dataclass
+class OpenAIJudge:
+    """LLM judge against an OpenAI-compatible ``/v1/chat/completions`` endpoint.
+
+    ``api_key_env`` names the environment variable holding the key (local servers accept any non-empty key).
+    """
+
+    base_url: str
+    model: str
+    api_key_env: str = "UMEDFAST_JUDGE_API_KEY"
+    concurrency: int = 8
+    timeout_s: float = 30.0
+    retries: int = 2
+    neutral: float = 0.5
+    temperature: float = 0.0
+    stats: dict = field(default_factory=lambda: {"calls": 0, "failures": 0, "cache_hits": 0})
+    name: str = "openai"
+
+    def __post_init__(self) -> None:
+        self._cache: dict[str, float] = {}
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAIJudge(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+
+    def _key(self, it: JudgeItem) -> str:
+        blob = json.dumps([self.model, it.query, it.response, it.reference, list(it.labels)])
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    async def _one(self, client, sem: asyncio.Semaphore, it: JudgeItem) -> float:
+        prompt = RUBRIC_PROMPT.format(labels=", ".join(it.labels) or "none (normal image)", reference=it.reference,
+                                      query=it.query, response=it.response)
+        async with sem:
+            try:
+                resp = await client.chat.completions.create(
+                    model=self.model, messages=[{"role": "user", "content": prompt}],
+                    temperature=self.temperature, max_tokens=32)
+                s = parse_score(resp.choices[0].message.content if resp.choices else None)
+            except Exception as e:  # noqa: BLE001 - any judge failure is neutral, never fatal
+                log.warning("judge request failed (%s); using neutral score", type(e).__name__)
+                s = None
+        if s is None:
+            self.stats["failures"] += 1
+            return self.neutral
+        self._cache[self._key(it)] = s
+        return s
+
+    async def ascore(self, items: Sequence[JudgeItem]) -> list[float]:
+        from openai import AsyncOpenAI
+
+        out: list[float | None] = [None] * len(items)
+        todo = []
+        for i, it in enumerate(items):
+            k = self._key(it)
+            if k in self._cache:
+                out[i] = self._cache[k]
+                self.stats["cache_hits"] += 1
+            else:
+                todo.append(i)
+        self.stats["calls"] += len(todo)
+        if todo:
+            key = os.environ.get(self.api_key_env) or "EMPTY"
+            client = AsyncOpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout_s,
+                                 max_retries=self.retries)
+            sem = asyncio.Semaphore(max(1, self.concurrency))
+            try:
+                res = await asyncio.gather(*(self._one(client, sem, items[i]) for i in todo))
+            finally:
+                await client.close()
+            for i, s in zip(todo, res):
+                out[i] = s
+        return [float(s) for s in out]
+
+    def score(self, items: Sequence[JudgeItem]) -> list[float]:
+        """Blocking wrapper; works whether or not the caller already runs an event loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.ascore(items))
+        box: list = []
+        t = threading.Thread(target=lambda: box.append(asyncio.run(self.ascore(items))))
+        t.start(); t.join()
+        return box[0]
+
+
+def make_judge(kind: str = "rubric", **kw):
+    """``kind`` "rubric" (offline default) or "openai" (needs ``base_url`` and ``model``)."""
+    if kind == "rubric":
+        return RubricJudge()
+    if kind == "openai":
+        if not kw.get("base_url") or not kw.get("model"):
+            raise ValueError("the openai judge needs judge.base_url and judge.model")
+        return OpenAIJudge(**kw)
+    raise ValueError(f"unknown judge {kind!r}; expected 'rubric' or 'openai'")
