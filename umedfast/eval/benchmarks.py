@@ -174,6 +174,7 @@ def positive_probability(bundle, samples, *, positive: str = "yes", negative: st
     """
     import torch
     from tqdm.auto import tqdm
+    from umedfast.eval.mau import model_inputs
     from umedfast.model import collate_chat
 
     model = bundle.model
@@ -189,8 +190,7 @@ def positive_probability(bundle, samples, *, positive: str = "yes", negative: st
         with torch.no_grad():
             for start in tqdm(range(0, len(samples), batch_size), desc="score", unit="batch", disable=not progress):
                 batch = collate_chat(bundle, list(samples[start:start + batch_size]), for_generation=True)
-                inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()
-                          if k not in ("labels", "prompt_lengths")}
+                inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in model_inputs(batch).items()}
                 logits = model(**inputs).logits[:, -1, :].float()  # left padding: last column = last prompt token
                 probs = torch.softmax(logits, dim=-1)
                 p = probs[:, pos_ids].sum(-1)

@@ -103,7 +103,8 @@ def score_samples(records: Sequence[Any], responses: Sequence[str], *, box_forma
             iou = total / max(len(boxes), len(gt_boxes))
             iou50 = iou >= 0.5
         out.append({
-            "id": _get(rec, "id"), "source": src, "split": _get(rec, "split"), "normal": normal,
+            "id": _get(rec, "id"), "source": src, "modality": _get(rec, "modality"), "split": _get(rec, "split"),
+            "image": str(_get(rec, "image")), "image_size": list(_get(rec, "image_size") or []), "normal": normal,
             "gt_labels": sorted(gt_labels), "named": sorted(named), "correct": bool(correct),
             "pred_boxes": [list(b) for b in boxes], "gt_boxes": [list(b) for _, b in tgt],
             "iou": iou, "iou50": iou50, "format_ok": bool(fmt_ok), "steps": steps, "response": resp,
@@ -128,14 +129,25 @@ def _summary(samples: list[dict]) -> dict:
     }
 
 
-def aggregate(samples: list[dict]) -> dict:
-    """Overall (micro over images), per source, and macro (mean over sources) metrics from `score_samples`."""
-    by_src: dict[str, list[dict]] = defaultdict(list)
+def _group(samples: list[dict], key) -> dict[str, dict]:
+    groups: dict[str, list[dict]] = defaultdict(list)
     for s in samples:
-        by_src[s["source"]].append(s)
-    per_source = {src: _summary(v) for src, v in sorted(by_src.items())}
+        for k in key(s):
+            groups[str(k)].append(s)
+    return {k: _summary(v) for k, v in sorted(groups.items())}
+
+
+def aggregate(samples: list[dict]) -> dict:
+    """Overall (micro over images), per source / modality / label, and macro (mean over sources) metrics.
+
+    per_label[label] covers the abnormal images that carry that label (Table 7, unseen categories);
+    per_modality groups by the record's modality (Table 9).
+    """
+    per_source = _group(samples, lambda s: [s["source"]])
     res = _summary(samples)
     res["per_source"] = per_source
+    res["per_modality"] = _group(samples, lambda s: [s["modality"]] if s.get("modality") else [])
+    res["per_label"] = _group(samples, lambda s: s["gt_labels"])
     for k in METRIC_KEYS:
         res[f"macro_{k}"] = _mean(v[k] for v in per_source.values())
     return res
@@ -149,6 +161,18 @@ def mau_metrics(records: Sequence[Any], responses: Sequence[str], *, box_format:
     synonyms: {source: {label: [synonym, ...]}}; default umedfast.data.CLASS_SYNONYMS.
     """
     return aggregate(score_samples(records, responses, box_format=box_format, synonyms=synonyms))
+
+
+_BOOKKEEPING_KEYS = ("labels", "prompt_lengths", "orig_image_sizes")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The part of a collated batch that model.forward / model.generate accept."""
+    try:
+        from umedfast.model.collate import model_inputs as _mi
+        return _mi(batch)
+    except ImportError:
+        return {k: v for k, v in batch.items() if k not in _BOOKKEEPING_KEYS}
 
 
 def generate_responses(bundle, records: Sequence[Any], *, batch_size: int = 8, max_new_tokens: int = 64,
@@ -175,8 +199,7 @@ def generate_responses(bundle, records: Sequence[Any], *, batch_size: int = 8, m
                               disable=not progress):
                 chunk = list(records[start:start + batch_size])
                 batch = collate_chat(bundle, chunk, for_generation=True)
-                inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()
-                          if k not in ("labels", "prompt_lengths")}
+                inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in model_inputs(batch).items()}
                 kw = dict(max_new_tokens=max_new_tokens, do_sample=not greedy, pad_token_id=pad_id)
                 if greedy:
                     kw.update(temperature=None, top_p=None, top_k=None)
@@ -200,15 +223,23 @@ def write_predictions(samples: list[dict], path: str | os.PathLike) -> None:
 
 def evaluate_and_write(bundle, records: Sequence[Any], out_path: str | os.PathLike, *, batch_size: int = 8,
                        max_new_tokens: int = 64, greedy: bool = True, box_format: str = "norm1000",
-                       progress: bool = True, responses: Sequence[str] | None = None) -> dict:
+                       progress: bool = True, responses: Sequence[str] | None = None, judge=None) -> dict:
     """Generate (unless `responses` is given), score, and write `out_path` (eval.json) plus
-    `<stem>.predictions.jsonl` beside it. Returns the metrics dict (with "predictions" = that file's path).
+    `<stem>.predictions.jsonl` beside it. Returns the metrics dict (with "predictions" = that file's name).
+
+    judge: optional relevance judge (umedfast.eval.judged.make_eval_judge) -> adds "judged_accuracy" etc.
     """
     if responses is None:
         responses = generate_responses(bundle, records, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                        greedy=greedy, progress=progress)
     samples = score_samples(records, responses, box_format=box_format)
     metrics = aggregate(samples)
+    if judge is not None:
+        from umedfast.eval.judged import judged_accuracy
+        jm, scores = judged_accuracy(records, responses, judge, box_format=box_format)
+        metrics.update(jm)
+        for s, sc in zip(samples, scores):
+            s["judge_score"] = sc
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     pred_path = out_path.with_name(out_path.stem + ".predictions.jsonl")

@@ -1,0 +1,243 @@
+"""umedfast-eval: evaluate checkpoints on MAU data and print the paper's tables; external benchmarks; reports.
+
+  umedfast-eval --checkpoint DIR [--checkpoint DIR2 ...] --data FILE.jsonl [--split test]
+                [--generalization category|source|modality [--held-out A,B]] [--judge rubric|openai ...]
+                [--report DIR] [--out DIR]                                  -> Table 2 (and Tables 7-9 layout)
+  umedfast-eval table EVAL.json|DIR ... [--names a,b] [--group source|modality|label]
+  umedfast-eval ablation --root DIR | --full DIR --wo-vrr DIR --wo-alr DIR --wo-aar DIR        -> Table 6
+  umedfast-eval bench --checkpoint DIR --benchmark vqa_rad|slake|pmc_vqa|pneumoniamnist --root DIR
+  umedfast-eval report --eval DIR [--metrics FILE.jsonl] [--checkpoint DIR] --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from umedfast.eval import tables as T
+
+SUBCOMMANDS = ("run", "table", "ablation", "bench", "report")
+METRICS = ("accuracy", "mean_iou", "acc_iou50", "format_ok")
+
+
+def load_model(spec: str, device: str):
+    """A checkpoint directory (save_checkpoint layout) or a tiny built-in name ("tiny-llava", "tiny-qwen2-vl")."""
+    from umedfast.model import load_vlm
+
+    if Path(spec).is_dir():
+        from umedfast.model import load_checkpoint
+        return load_checkpoint(spec, device=device)[0]
+    if spec.startswith("tiny-"):
+        return load_vlm(spec, device=device)
+    raise SystemExit(f"--checkpoint {spec!r}: not a directory (and not a built-in tiny model name)")
+
+
+def _names(specs, names_arg):
+    if names_arg:
+        names = [n.strip() for n in names_arg.split(",")]
+        if len(names) != len(specs):
+            raise SystemExit(f"--names gives {len(names)} names for {len(specs)} entries")
+        return names
+    return [Path(s).name or s for s in specs]
+
+
+def _print_tables(results, group: str, columns=None, title_prefix: str = "") -> list:
+    out = []
+    for metric in METRICS:
+        t = T.results_table(results, metric=metric, group=group, columns=columns)
+        t.title = title_prefix + t.title
+        print(T.render_text(t), end="\n\n")
+        out.append(t)
+    return out
+
+
+def cmd_run(a) -> int:
+    from umedfast.data import read_mau
+    from umedfast.data.splits import select
+    from umedfast.eval.mau import evaluate_and_write
+
+    records = read_mau(a.data)
+    held = [h.strip() for h in a.held_out.split(",")] if a.held_out else None
+    records = select(records, a.split, a.generalization, held) if a.split != "all" else records
+    if a.limit:
+        records = records[: a.limit]
+    if not records:
+        raise SystemExit(f"no records in {a.data} for split={a.split} generalization={a.generalization}")
+    judge = None
+    if a.judge:
+        from umedfast.eval.judged import make_eval_judge
+        judge = make_eval_judge(a.judge, base_url=a.judge_base_url, model=a.judge_model, api_key_env=a.judge_key_env)
+    names = _names(a.checkpoint, a.names)
+    out_root = Path(a.out)
+    results = []
+    for spec, name in zip(a.checkpoint, names):
+        print(f"[umedfast-eval] {name}: {len(records)} records from {a.data} (split={a.split})", file=sys.stderr)
+        bundle = load_model(spec, a.device)
+        m = evaluate_and_write(bundle, records, out_root / name / "eval.json", batch_size=a.batch_size,
+                               max_new_tokens=a.max_new_tokens, greedy=not a.sample, box_format=a.box_format,
+                               judge=judge)
+        results.append((name, m))
+        del bundle
+    _print_tables(results, "source")
+    if a.generalization:
+        group = {"category": "label", "source": "source", "modality": "modality"}[a.generalization]
+        from umedfast.data.splits import DEFAULT_HELD_OUT
+        cols = held or list(DEFAULT_HELD_OUT[a.generalization])
+        if group == "source":  # records may carry the synth- prefix
+            present = {s for _, m in results for s in m["per_source"]}
+            cols = [c if c in present else f"synth-{c}" for c in cols]
+        t = T.generalization_table(results, group=group, held_out=cols)
+        print(T.render_text(t), end="\n\n")
+    if a.report:
+        from umedfast.eval.report import build_report
+        path = build_report(a.report, eval_dirs=[out_root / n for n in names], names=names, metrics_jsonl=a.metrics,
+                            checkpoint=a.checkpoint[-1], device=a.device, n_samples=a.report_samples)
+        print(f"report: {path}")
+    return 0
+
+
+def cmd_table(a) -> int:
+    results = [(n, T.load_eval(p)) for n, p in zip(_names(a.paths, a.names), a.paths)]
+    cols = [c.strip() for c in a.columns.split(",")] if a.columns else None
+    _print_tables(results, a.group, cols)
+    return 0
+
+
+def cmd_ablation(a) -> int:
+    runs = {}
+    for key, _label in T.ABLATION_ROWS:
+        path = getattr(a, key) or (Path(a.root) / key if a.root else None)
+        if path is None:
+            continue
+        try:
+            runs[key] = T.load_eval(path)
+        except FileNotFoundError as e:
+            print(f"[umedfast-eval] skipping {key}: {e}", file=sys.stderr)
+    if not runs:
+        raise SystemExit("no ablation results found: give --root DIR (with full/ wo_vrr/ wo_alr/ wo_aar/) or the "
+                         "per-run directories")
+    for metric in METRICS:
+        print(T.render_text(T.ablation_table(runs, metric=metric)), end="\n\n")
+    return 0
+
+
+def cmd_bench(a) -> int:
+    import tempfile
+
+    from umedfast.data.benchmarks import load_benchmark, materialize_images
+    from umedfast.eval.benchmarks import evaluate_benchmark
+
+    kw = {"split": a.split} if a.split else {}
+    samples = load_benchmark(a.benchmark, a.root, **kw)
+    if a.limit:
+        samples = samples[: a.limit]
+    if not samples:
+        raise SystemExit(f"no {a.benchmark} questions under {a.root}")
+    bundle = load_model(a.checkpoint, a.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        materialize_images(samples, tmp)
+        metrics, rows = evaluate_benchmark(bundle, samples, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens)
+    print(json.dumps(metrics, indent=2))
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{a.benchmark}.json").write_text(json.dumps(metrics, indent=2))
+        with open(out / f"{a.benchmark}.predictions.jsonl", "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from umedfast.eval.report import build_report
+
+    evals = a.eval or []
+    path = build_report(a.out, eval_dirs=evals, names=_names(evals, a.names) if evals else [],
+                        metrics_jsonl=a.metrics, checkpoint=a.checkpoint, device=a.device, n_samples=a.samples)
+    print(f"report: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="umedfast-eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd")
+
+    def model_args(s):
+        s.add_argument("--device", default="cpu")
+        s.add_argument("--batch-size", type=int, default=8)
+        s.add_argument("--limit", type=int, default=0, help="evaluate only the first N items (0 = all)")
+
+    r = sub.add_parser("run", help="generate on MAU records and score (the default command)")
+    r.add_argument("--checkpoint", action="append", required=True,
+                   help="checkpoint directory or tiny-llava / tiny-qwen2-vl; repeat for several table rows")
+    r.add_argument("--names", help="comma-separated row names (default: directory names)")
+    r.add_argument("--data", required=True, help="MAU JSONL (umedfast-data build/synth)")
+    r.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    r.add_argument("--generalization", choices=("category", "source", "modality"),
+                   help="evaluate on the held-out part of a generalization split (Tables 7-9)")
+    r.add_argument("--held-out", help="comma-separated held-out classes / sources / modalities")
+    r.add_argument("--max-new-tokens", type=int, default=128)
+    r.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    r.add_argument("--box-format", default="norm1000")
+    r.add_argument("--judge", choices=("rubric", "openai"), help="also report judged accuracy")
+    r.add_argument("--judge-base-url")
+    r.add_argument("--judge-model")
+    r.add_argument("--judge-key-env", default="UMEDFAST_JUDGE_API_KEY",
+                   help="environment variable that holds the judge's API key")
+    r.add_argument("--out", default="eval_out", help="writes OUT/<name>/eval.json and predictions")
+    r.add_argument("--report", help="also write an HTML report into this directory")
+    r.add_argument("--metrics", help="training metrics JSONL for the report's curves")
+    r.add_argument("--report-samples", type=int, default=6)
+    model_args(r)
+    r.set_defaults(func=cmd_run)
+
+    t = sub.add_parser("table", help="print tables from existing eval.json files")
+    t.add_argument("paths", nargs="+")
+    t.add_argument("--names")
+    t.add_argument("--group", default="source", choices=sorted(T.GROUP_KEYS))
+    t.add_argument("--columns", help="comma-separated columns (e.g. held-out categories)")
+    t.set_defaults(func=cmd_table)
+
+    ab = sub.add_parser("ablation", help="Table 6 from the four ablation runs' eval.json")
+    ab.add_argument("--root", help="directory with full/, wo_vrr/, wo_alr/, wo_aar/ run outputs")
+    for key, label in T.ABLATION_ROWS:
+        ab.add_argument(f"--{key.replace('_', '-')}", dest=key, help=f"output directory or eval.json of {label}")
+    ab.set_defaults(func=cmd_ablation)
+
+    b = sub.add_parser("bench", help="external benchmark (VQA-RAD, SLAKE, PMC-VQA, PneumoniaMNIST)")
+    b.add_argument("--checkpoint", required=True)
+    b.add_argument("--benchmark", required=True, choices=("vqa_rad", "slake", "pmc_vqa", "pneumoniamnist"))
+    b.add_argument("--root", required=True, help="local copy of the benchmark")
+    b.add_argument("--split", help="benchmark split (default: its test split)")
+    b.add_argument("--max-new-tokens", type=int, default=32)
+    b.add_argument("--out", help="write <benchmark>.json and predictions here")
+    model_args(b)
+    b.set_defaults(func=cmd_bench)
+
+    rp = sub.add_parser("report", help="HTML report from eval outputs and training metrics")
+    rp.add_argument("--eval", action="append", help="eval output directory (eval.json + predictions); repeatable")
+    rp.add_argument("--names")
+    rp.add_argument("--metrics", help="training metrics JSONL")
+    rp.add_argument("--checkpoint", help="model for the attention heatmaps (omit to skip them)")
+    rp.add_argument("--samples", type=int, default=6)
+    rp.add_argument("--device", default="cpu")
+    rp.add_argument("--out", required=True)
+    rp.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
+        argv = ["run", *argv]  # `umedfast-eval --checkpoint ... --data ...` is the run command
+    a = build_parser().parse_args(argv)
+    if not getattr(a, "func", None):
+        build_parser().print_help()
+        return 2
+    return a.func(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
