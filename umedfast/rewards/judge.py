@@ -43,7 +43,7 @@ class JudgeItem:
 _NORMAL_RE = re.compile(r"\b(no (visible |obvious |significant )?(abnormalit|lesion|finding)|normal (image|study|scan)"
                         r"|unremarkable|within normal limits)", re.I)
 _DETECT_RE = re.compile(r"\b(abnormal|lesion|finding|detect|present|observe|shows?|visible|there is|there are)", re.I)
-_LOCATE_RE = re.compile(r"\b(locat|region|box|area|at \[|position|upper|lower|left|right|cent(er|re))", re.I)
+_LOCATE_RE = re.compile(r"\b(locat|locali|region|box|area|at \[|position|upper|lower|left|right|cent(er|re))", re.I)
 _RECOG_RE = re.compile(r"\b(diagnos|consistent with|suggest|recogni|likely|class|impression|indicat|is an?|identified)",
                        re.I)
 

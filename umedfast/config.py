@@ -1,0 +1,250 @@
+"""Training configuration: one dataclass per stage, loaded from YAML plus dotted ``key=value`` overrides.
+
+``load_config(path, overrides)`` -> ``TrainConfig``. Sections: ``model``, ``data``, ``sft``, ``ppo``, ``judge`` and
+top-level run settings. An unknown key (in the file or in an override) is an error, so a typo never silently trains
+with a default. ``save_config`` writes the final, fully resolved config next to the outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny-llava"            # "tiny-llava" / "tiny-qwen2-vl" (offline default) or a local model directory
+    dtype: str = "auto"                 # "auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16", "float16"
+    attn_implementation: str = "sdpa"   # HF attention for training forwards ("flash_attention_2" if installed)
+    gradient_checkpointing: bool = False  # trade compute for memory on large models
+    lora: bool = False                  # train LoRA adapters instead of all weights (reference = adapters disabled)
+    lora_r: int = 16                    # LoRA rank
+    lora_alpha: int = 32                # LoRA scale numerator
+    lora_dropout: float = 0.05          # dropout on the adapter input
+    tiny_text_layers: int = 4           # tiny default only: language-model depth
+    tiny_text_hidden: int = 256         # tiny default only: language-model width
+
+
+@dataclass
+class DataConfig:
+    path: str = ""                      # MAU JSONL; empty = MAU-Synth generated into OUTPUT/data if absent
+    synth_n: int = 600                  # MAU-Synth: number of images to generate
+    synth_seed: int = 0                 # MAU-Synth: generator seed
+    synth_image_size: int = 112         # MAU-Synth: image side in pixels
+    style: str = "compact"              # template answer style of MAU-Synth ("compact" ~40 tokens, "full")
+    box_format: str = "norm1000"        # how boxes are written in text (umedfast.boxes.FORMATS)
+    generalization: str = ""            # "" (plain splits), "category", "source" or "modality"
+    max_train: int = 0                  # cap on training records (0 = all)
+    max_eval: int = 0                   # cap on held-out records evaluated (0 = all)
+    eval_split: str = "test"            # held-out split written to eval.json
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = 2                     # passes over the training records
+    batch_size: int = 8                 # records per micro-batch (per rank)
+    grad_accum: int = 1                 # micro-batches per optimizer step
+    lr: float = 1e-3                    # peak AdamW learning rate
+    weight_decay: float = 0.0           # AdamW decoupled weight decay
+    warmup_ratio: float = 0.05          # fraction of optimizer steps with linear warmup
+    min_lr_ratio: float = 0.1           # cosine floor as a fraction of lr
+    max_grad_norm: float = 1.0          # gradient clipping (<= 0 disables)
+    max_steps: int = 0                  # stop after this many optimizer steps (0 = run all epochs)
+    eval_every_epoch: bool = True       # write OUTPUT/sft/eval.json at the end of every epoch (else only at the end)
+    save_every: int = 0                 # checkpoint every N optimizer steps (0 = only at the end)
+
+
+@dataclass
+class PPOConfig:
+    steps: int = 20                     # PPO iterations (rollout + update)
+    queries_per_step: int = 8           # prompts per iteration (global, split across ranks)
+    k: int = 4                          # sampled candidates per query (the group for ALR/VRR normalization)
+    temperature: float = 1.0            # sampling temperature
+    top_p: float = 1.0                  # nucleus sampling
+    max_new_tokens: int = 64            # response length cap
+    ppo_epochs: int = 2                 # optimization passes over each rollout batch
+    minibatch_size: int = 8             # sequences per PPO minibatch (per rank)
+    lr: float = 2e-5                    # policy learning rate (AdamW)
+    value_lr: float = 1e-3              # value-head learning rate
+    warmup_ratio: float = 0.0           # fraction of iterations with linear warmup
+    min_lr_ratio: float = 1.0           # cosine floor as a fraction of lr (1 = constant)
+    advantage: str = "gae"              # "gae" (critic), "grpo" or "rloo" (critic-free group baselines)
+    gamma: float = 1.0                  # GAE discount over response tokens
+    lam: float = 0.95                   # GAE lambda
+    whiten_advantages: bool = True      # normalize advantages over the batch's response tokens
+    kl_coef: float = 0.05               # per-token KL penalty to the reference (SFT) policy
+    kl_estimator: str = "k3"            # "k1", "k2" or "k3"
+    clip_eps: float = 0.2               # PPO ratio clip
+    value_clip: float = 0.2             # value-loss clip
+    vf_coef: float = 0.5                # c2: value loss weight
+    ent_coef: float = 0.0               # c3: entropy bonus weight
+    max_grad_norm: float = 1.0          # gradient clipping (<= 0 disables)
+    w_llm: float = 1.0                  # weight of the relevance (judge) reward; 0 = --no-relevance
+    w_alr: float = 1.0                  # weight of the normalized ALR; 0 = --no-alr
+    w_vrr: float = 1.0                  # weight of the normalized VRR; 0 = --no-vrr
+    format_penalty: float = 0.0         # subtracted when a box was expected but none parses
+    giou_weight: float = 0.0            # ALR shaping: (1-w) IoU + w (GIoU+1)/2, so misses still get a signal
+    vrr_layers: str = ""                # comma-separated LM layer indices for VRR ("" = all layers)
+    init_from: str = ""                 # policy to start from; "" = OUTPUT/sft/final (after --stage sft/all)
+    save_every: int = 0                 # checkpoint every N iterations (0 = only at the end)
+    eval_max_new_tokens: int = 64       # generation length at evaluation
+
+
+@dataclass
+class JudgeConfig:
+    kind: str = "rubric"                # "rubric" (offline deterministic) or "openai" (OpenAI-compatible endpoint)
+    base_url: str = ""                  # e.g. http://127.0.0.1:8000/v1 (openai judge)
+    model: str = ""                     # judge model name (openai judge)
+    api_key_env: str = "UMEDFAST_JUDGE_API_KEY"  # environment variable holding the key (never logged)
+    concurrency: int = 8                # concurrent requests
+    timeout_s: float = 30.0             # per-request timeout
+    retries: int = 2                    # retries per request
+    neutral: float = 0.5                # score used when the judge fails
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/demo"       # everything goes under here (data, sft/, ppo/, config.yaml, logs)
+    stage: str = "all"                  # "sft", "ppo" or "all"
+    device: str = "auto"                # "auto" (cuda if available), "cpu", "cuda"
+    seed: int = 0                       # global seed (model init, sampling, data order)
+    threads: int = 0                    # torch intra-op threads on CPU (0 = torch default)
+    log_every: int = 1                  # metrics JSONL/TensorBoard every N optimizer steps
+    eval_batch_size: int = 16           # generation batch at evaluation
+    progress: bool = True               # tqdm bars
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or a value of the wrong type."""
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return _build(typ, value, where)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where} must be true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    if typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls, data: dict, where: str = ""):
+    types_ = _field_types(cls)
+    unknown = sorted(set(data) - set(types_))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join((where + '.' if where else '') + u for u in unknown)}; "
+                          f"valid keys here: {', '.join(sorted(types_))}")
+    kw = {k: _coerce(v, types_[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kw)
+
+
+def apply_override(cfg: TrainConfig, item: str) -> None:
+    """Apply one ``a.b=value`` override in place (value parsed as YAML, then checked against the field type)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    obj = cfg
+    for i, p in enumerate(parts):
+        types_ = _field_types(type(obj))
+        if p not in types_:
+            raise ConfigError(f"unknown config key {'.'.join(parts[:i + 1])!r}; valid keys here: "
+                              f"{', '.join(sorted(types_))}")
+        if i < len(parts) - 1:
+            obj = getattr(obj, p)
+            if not dataclasses.is_dataclass(obj):
+                raise ConfigError(f"{'.'.join(parts[:i + 1])} is not a section")
+        else:
+            if dataclasses.is_dataclass(types_[p]):
+                raise ConfigError(f"{key} is a section; override its fields ({key}.<field>=...)")
+            value = yaml.safe_load(raw) if raw.strip() else ""
+            setattr(obj, p, _coerce(value, types_[p], key))
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check enumerations and ranges; raises ConfigError with the offending key."""
+    checks = [
+        (cfg.stage in ("sft", "ppo", "all"), "stage must be sft, ppo or all"),
+        (cfg.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
+        (cfg.ppo.advantage in ("gae", "grpo", "rloo"), "ppo.advantage must be gae, grpo or rloo"),
+        (cfg.ppo.kl_estimator in ("k1", "k2", "k3"), "ppo.kl_estimator must be k1, k2 or k3"),
+        (cfg.ppo.k >= 1, "ppo.k must be >= 1"),
+        (cfg.ppo.advantage == "gae" or cfg.ppo.k >= 2, "grpo/rloo need ppo.k >= 2 candidates per query"),
+        (cfg.judge.kind in ("rubric", "openai"), "judge.kind must be rubric or openai"),
+        (cfg.sft.batch_size >= 1 and cfg.sft.grad_accum >= 1, "sft.batch_size and sft.grad_accum must be >= 1"),
+        (0.0 <= cfg.ppo.giou_weight <= 1.0, "ppo.giou_weight must be in [0, 1]"),
+        (cfg.data.generalization in ("", "category", "source", "modality"),
+         "data.generalization must be '', category, source or modality"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults <- YAML file (if given) <- ``key=value`` overrides; validated."""
+    data = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p} must hold a mapping at the top level")
+    cfg = _build(TrainConfig, data)
+    for o in overrides:
+        apply_override(cfg, o)
+    return validate(cfg)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically); it loads back with ``load_config``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(p)
+    return p
