@@ -1,6 +1,6 @@
 // CPU implementation of the box-overlap ops: at::parallel_for over boxes, each thread converts a block of boxes to
 // structure-of-arrays in its stack and runs a branch-free loop the compiler vectorizes (AVX-512 / AVX2 / SSE2
-// clones picked at load time on x86-64 GCC, so one binary runs everywhere).
+// clones picked by CPU features at load time on x86-64 GCC, so one binary runs everywhere).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -14,7 +14,7 @@
 #include "ops.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define UMEDFAST_CPU_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#define UMEDFAST_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define UMEDFAST_CPU_CLONES
 #endif
