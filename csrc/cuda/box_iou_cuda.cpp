@@ -1,7 +1,7 @@
 // ATen glue for the CUDA box-overlap kernels: checks, device guard, current stream, then the raw launchers.
 // Compiled only when torch has CUDA (UMEDFAST_WITH_CUDA); the kernels themselves live in box_iou_kernels.cu.
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -34,7 +34,7 @@ at::Tensor paired_cuda(const char* op, const at::Tensor& a_in, const at::Tensor&
   if (n == 0) return out;
   C10_CUDA_CHECK(cuda::launch_box_overlap_paired(a.const_data_ptr(), b.const_data_ptr(), out.mutable_data_ptr<float>(),
                                                  n, box_dtype(a.scalar_type()), giou,
-                                                 at::cuda::getCurrentCUDAStream().stream()));
+                                                 c10::cuda::getCurrentCUDAStream().stream()));
   return out;
 }
 
@@ -55,7 +55,7 @@ at::Tensor box_iou_pairwise_cuda(const at::Tensor& a_in, const at::Tensor& b_in)
   at::Tensor out = at::empty({n, m}, a.options().dtype(at::kFloat));
   if (n == 0 || m == 0) return out;
   C10_CUDA_CHECK(cuda::launch_box_iou_pairwise(a.const_data_ptr(), b.const_data_ptr(), out.mutable_data_ptr<float>(), n,
-                                               m, box_dtype(a.scalar_type()), at::cuda::getCurrentCUDAStream().stream()));
+                                               m, box_dtype(a.scalar_type()), c10::cuda::getCurrentCUDAStream().stream()));
   return out;
 }
 
