@@ -14,9 +14,10 @@ Notes on the kernel:
 - Causal with ``Nq <= Nk``: queries are the LAST ``Nq`` positions, key ``j`` is allowed for query ``i`` iff
   ``j <= i + Nk - Nq`` (bottom-right aligned, as with a KV cache).
 - Key blocks strictly below the diagonal run without the causal/bounds mask; the diagonal blocks run masked.
-- Per-block skip flags come from prefix counts over keys (``[B, Nk+1]`` int32, one cumsum on the host), so they are
-  valid for any autotuned ``BLOCK_N``: a block with no region key skips the region reduction, a block with no real
-  (non-padding) key is skipped entirely. There is no second pass over K.
+- The per-block region flag comes from a prefix count over keys (``[B, Nk+1]`` int32, one cumsum on the host), so it
+  is valid for any autotuned ``BLOCK_N``: a key block with no region key skips the region reduction. There is no
+  second pass over K. With key padding, the all-padding blocks before the first and after the last real key of each
+  sample (left / right padding) are not visited at all.
 - Under ``TRITON_INTERPRET=1`` the interpreter multiplies the bit patterns of bf16 operands in ``tl.dot``; there
   (only) the operands are upcast to fp32 through a constexpr. On GPU half dots stay on tensor cores, fp32 uses IEEE.
 """
@@ -36,76 +37,71 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 def _vrr_attend_blocks(
     acc, l_i, m_i, r_i, q,
     k_base, v_base, stride_kn, stride_vn,
-    pad_base, padcnt_base, reg_base, regcnt_base,
+    pad_base, reg_base, regcnt_base,
     offs_m, offs_d, lo, hi, q_pos_off, Nk, qk_scale,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
 ):
-    """Online-softmax update of (acc, l_i, m_i, r_i) over key blocks [lo, hi); scores live in the log2 domain."""
+    """Online-softmax update of (acc, l_i, m_i, r_i) over key blocks [lo, hi); scores live in the log2 domain.
+    K/V loads stay unconditional at the loop top so the GPU pipeliner can prefetch them."""
     offs_n0 = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
-        end_n = tl.minimum(start_n + BLOCK_N, Nk)
-        n_real = end_n - start_n
-        if HAS_PAD:  # real (non-padding) keys in this block, from the prefix count
-            n_real = tl.load(padcnt_base + end_n) - tl.load(padcnt_base + start_n)
-        if n_real > 0:
-            kv_mask = offs_n < Nk
-            if EVEN_D:
-                k_mask = kv_mask[None, :]
-                v_mask = kv_mask[:, None]
-            else:
-                k_mask = kv_mask[None, :] & (offs_d[:, None] < HEAD_DIM)
-                v_mask = kv_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
-            kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None], mask=k_mask, other=0.0)  # [D, BN]
-            if DOT_FP32:
-                kt = kt.to(tl.float32)
-            if IEEE:
-                qk = tl.dot(q, kt, input_precision="ieee")
-            else:
-                qk = tl.dot(q, kt)
-            qk = qk * qk_scale
-            if MASKED:
-                keep = kv_mask[None, :]
-                if IS_CAUSAL:
-                    keep = keep & (offs_n[None, :] <= offs_m[:, None] + q_pos_off)
-                qk = tl.where(keep, qk, float("-inf"))
-            if HAS_PAD:
-                pad = tl.load(pad_base + offs_n, mask=kv_mask, other=0)
-                qk = tl.where(pad[None, :] != 0, qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            # A row with no allowed key so far keeps m = -inf; shift by 0 there so exp2 gives 0, not NaN.
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(qk - m_safe[:, None])
-            alpha = tl.math.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            r_i = r_i * alpha
-            n_reg = tl.load(regcnt_base + end_n) - tl.load(regcnt_base + start_n)
-            if n_reg > 0:  # the extra reduction only where the block holds a region key
-                reg = tl.load(reg_base + offs_n, mask=kv_mask, other=0)
-                r_i += tl.sum(tl.where(reg[None, :] != 0, p, 0.0), 1)
-            acc = acc * alpha[:, None]
-            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=v_mask, other=0.0)  # [BN, D]
-            if DOT_FP32:
-                v = v.to(tl.float32)
-            if IEEE:
-                acc = tl.dot(p, v, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(p.to(v.dtype), v, acc)
-            m_i = m_new
+        kv_mask = offs_n < Nk
+        if EVEN_D:
+            k_mask = kv_mask[:, None]
+        else:
+            k_mask = kv_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=k_mask, other=0.0)  # [BN, D]
+        if DOT_FP32:
+            k = k.to(tl.float32)
+        if IEEE:
+            qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            qk = tl.dot(q, tl.trans(k))
+        qk = qk * qk_scale
+        if MASKED:
+            keep = kv_mask[None, :]
+            if IS_CAUSAL:
+                keep = keep & (offs_n[None, :] <= offs_m[:, None] + q_pos_off)
+            qk = tl.where(keep, qk, float("-inf"))
+        if HAS_PAD:
+            pad = tl.load(pad_base + offs_n, mask=kv_mask, other=0)
+            qk = tl.where(pad[None, :] != 0, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # A row with no allowed key so far keeps m = -inf; shift by 0 there so exp2 gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        r_i = r_i * alpha
+        # Per-block flag from the prefix count: the extra reduction only where the block holds a region key.
+        n_reg = tl.load(regcnt_base + tl.minimum(start_n + BLOCK_N, Nk)) - tl.load(regcnt_base + start_n)
+        if n_reg > 0:
+            reg = tl.load(reg_base + offs_n, mask=kv_mask, other=0)
+            r_i += tl.sum(tl.where(reg[None, :] != 0, p, 0.0), 1)
+        acc = acc * alpha[:, None]
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=k_mask, other=0.0)  # [BN, D]
+        if DOT_FP32:
+            v = v.to(tl.float32)
+        if IEEE:
+            acc = tl.dot(p, v, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
     return acc, l_i, m_i, r_i
 
 
 @triton.jit
 def _vrr_attention_fwd_kernel(
-    Q, K, V, Out, Mass, Pad, PadCnt, Reg, RegCnt,
+    Q, K, V, Out, Mass, Pad, KeyRange, Reg, RegCnt,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     stride_mb, stride_mh,
-    stride_padb, stride_padcb, stride_regb, stride_regcb,
+    stride_padb, stride_regb, stride_regcb,
     Hq, Nq, Nk, qk_scale,
     NQ_BUCKET, NK_BUCKET,  # autotune keys only (sizes rounded to powers of two)
     GROUP: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr,
@@ -137,7 +133,6 @@ def _vrr_attention_fwd_kernel(
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
     pad_base = Pad + b * stride_padb
-    padcnt_base = PadCnt + b * stride_padcb
     reg_base = Reg + b * stride_regb
     regcnt_base = RegCnt + b * stride_regcb
 
@@ -155,17 +150,27 @@ def _vrr_attention_fwd_kernel(
     else:
         hi = Nk
         full_end = Nk // BLOCK_N * BLOCK_N
+    lo = 0
+    if HAS_PAD:
+        # Skip the all-padding blocks before the first / after the last real key (left / right padding); padding
+        # inside [first, last] is masked per key.
+        lo = tl.load(KeyRange + b * 2) // BLOCK_N * BLOCK_N
+        kv_end = tl.load(KeyRange + b * 2 + 1)
+        hi = tl.minimum(hi, kv_end)
+        full_end = tl.minimum(full_end, kv_end)
 
     acc, l_i, m_i, r_i = _vrr_attend_blocks(
         acc, l_i, m_i, r_i, q, k_base, v_base, stride_kn, stride_vn,
-        pad_base, padcnt_base, reg_base, regcnt_base,
-        offs_m, offs_d, 0, full_end, q_pos_off, Nk, qk_scale,
+        pad_base, reg_base, regcnt_base,
+        offs_m, offs_d, lo, full_end, q_pos_off, Nk, qk_scale,
         False, IS_CAUSAL, HAS_PAD, HEAD_DIM, EVEN_D, BLOCK_N, DOT_FP32, IEEE,
     )
+    # full_end (clipped to kv_end) may not be block aligned; resume at the block after the last one processed
+    mid = tl.maximum((full_end + BLOCK_N - 1) // BLOCK_N * BLOCK_N, lo)
     acc, l_i, m_i, r_i = _vrr_attend_blocks(
         acc, l_i, m_i, r_i, q, k_base, v_base, stride_kn, stride_vn,
-        pad_base, padcnt_base, reg_base, regcnt_base,
-        offs_m, offs_d, full_end, hi, q_pos_off, Nk, qk_scale,
+        pad_base, reg_base, regcnt_base,
+        offs_m, offs_d, mid, hi, q_pos_off, Nk, qk_scale,
         True, IS_CAUSAL, HAS_PAD, HEAD_DIM, EVEN_D, BLOCK_N, DOT_FP32, IEEE,
     )
 
@@ -202,6 +207,15 @@ def _prefix_count(mask: torch.Tensor) -> torch.Tensor:
     return c
 
 
+def _real_key_range(key_padding_mask: torch.Tensor) -> torch.Tensor:
+    """Bool[B, Nk] -> Int32[B, 2]: (first real key, last real key + 1), (0, 0) for a sample with no real key."""
+    B, Nk = key_padding_mask.shape
+    idx = torch.arange(Nk, device=key_padding_mask.device, dtype=torch.int32)
+    first = torch.where(key_padding_mask, idx, Nk).amin(1)
+    last = torch.where(key_padding_mask, idx + 1, 0).amax(1)
+    return torch.stack([torch.where(last > 0, first, 0), last], 1).to(torch.int32).contiguous()
+
+
 def _vrr_attention_fwd(q, k, v, region_mask, key_padding_mask, causal, scale, out, blocks=None):
     """Host launcher. q [B,Hq,Nq,D], k/v [B,Hkv,Nk,D] (last dim contiguous), masks Bool[B,Nk] contiguous,
     ``out`` a [B,Hq,Nq,D] view to write into (any strides, last dim contiguous). Returns mass Float32[B,Hq,Nq]."""
@@ -219,22 +233,22 @@ def _vrr_attention_fwd(q, k, v, region_mask, key_padding_mask, causal, scale, ou
     has_pad = key_padding_mask is not None
     if has_pad:
         pad = key_padding_mask.view(torch.uint8)
-        padcnt = _prefix_count(key_padding_mask)
+        key_range = _real_key_range(key_padding_mask)
     else:  # dummies, never read
-        pad, padcnt = reg, regcnt
+        pad, key_range = reg, regcnt
     qk_scale = scale * 1.4426950408889634  # log2(e): the kernel uses exp2
     common = dict(
         GROUP=Hq // Hkv, IS_CAUSAL=bool(causal), HAS_PAD=has_pad, HEAD_DIM=D, BLOCK_D=block_d,
         DOT_FP32=_INTERPRET or q.dtype == torch.float32, IEEE=q.dtype == torch.float32 and not _INTERPRET,
     )
     args = (
-        q, k, v, out, mass, pad, padcnt, reg, regcnt,
+        q, k, v, out, mass, pad, key_range, reg, regcnt,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         mass.stride(0), mass.stride(1),
-        pad.stride(0), padcnt.stride(0), reg.stride(0), regcnt.stride(0),
+        pad.stride(0), reg.stride(0), regcnt.stride(0),
         Hq, Nq, Nk, qk_scale,
         triton.next_power_of_2(Nq), triton.next_power_of_2(Nk),
     )

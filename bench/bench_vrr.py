@@ -1,0 +1,156 @@
+"""VRR attention: the fused kernel (output + region mass) against torch SDPA (output only) and eager + masked sum.
+
+Run: ``pytest bench/bench_vrr.py --benchmark-only -s`` (add ``-k cuda`` / ``-k cpu``). Providers run side by side
+for each shape:
+
+- ``umedfast_vrr``: ``kernels.vrr_attention`` -> (out, mass). On CPU it runs only under ``TRITON_INTERPRET=1``, at
+  the smallest shape, and that timing measures the Python interpreter, not the kernel (reported for completeness).
+- ``sdpa``: ``F.scaled_dot_product_attention`` with the best backend torch picks (cuDNN / flash / efficient); no mass.
+- ``eager_mass``: what HF ``eager`` + ``output_attentions`` costs: materialized scores, fp32 softmax, P @ V, then the
+  masked row sum of P over region keys.
+- ``flash_attn``: ``flash_attn_func`` when the optional flash-attn package is installed (no mass).
+
+Reported per row: median ms, TFLOP/s = 4*B*H*Nq*Nk*D / t (halved for causal), peak extra memory over the inputs
+(CUDA only; ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call), and device name.
+GPU timings synchronize inside the timed function. GPU shapes are the issue's, in bf16; CPU shapes are small fp32.
+"""
+import os
+import platform
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from umedfast.kernels import vrr_attention
+
+HAS_CUDA = torch.cuda.is_available()
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+# (B, Hq, Hkv, N, D, causal)
+GPU_SHAPES = [
+    (4, 32, 32, 2048, 128, True),
+    (8, 32, 32, 1024, 128, True),
+    (2, 32, 32, 4096, 128, True),
+    (8, 16, 16, 1024, 64, False),
+]
+CPU_SHAPES = [
+    (1, 4, 4, 128, 32, True),
+    (2, 8, 8, 512, 64, True),
+]
+PROVIDERS = ["umedfast_vrr", "sdpa", "eager_mass", "flash_attn"]
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+def _inputs(B, Hq, Hkv, N, D, dtype, device):
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(B, Hq, N, D, dtype=dtype, device=device, generator=g)
+    k = torch.randn(B, Hkv, N, D, dtype=dtype, device=device, generator=g)
+    v = torch.randn(B, Hkv, N, D, dtype=dtype, device=device, generator=g)
+    region = torch.zeros(B, N, dtype=torch.bool, device=device)
+    region[:, N // 8: N // 8 + N // 4: 2] = True  # an image span of N/4 tokens, half of its patches in the region
+    return q, k, v, region
+
+
+def _eager_mass(q, k, v, region, causal):
+    """HF eager: materialize scores, softmax in fp32, P @ V, then mass = sum of P over region keys."""
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    s = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    if causal:
+        n = q.shape[2]
+        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    p = torch.softmax(s, dim=-1, dtype=torch.float32)
+    out = torch.matmul(p.to(q.dtype), v)
+    mass = (p * region[:, None, None, :]).sum(-1)
+    return out, mass
+
+
+def _provider_fn(provider, q, k, v, region, causal):
+    if provider == "umedfast_vrr":
+        if not (q.is_cuda or INTERPRET):
+            pytest.skip("the Triton kernel runs on CUDA, or on CPU under TRITON_INTERPRET=1")
+        if not q.is_cuda and q.numel() > 4 * 128 * 32:
+            pytest.skip("interpreter: only the smallest CPU shape")
+        return lambda: vrr_attention(q, k, v, region, causal=causal)
+    if provider == "sdpa":
+        gqa = q.shape[1] != k.shape[1]
+        return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+    if provider == "eager_mass":
+        return lambda: _eager_mass(q, k, v, region, causal)
+    if provider == "flash_attn":
+        try:
+            from flash_attn import flash_attn_func
+        except ImportError:
+            pytest.skip("flash-attn not installed (optional extra)")
+        if not q.is_cuda:
+            pytest.skip("flash-attn is CUDA only")
+        qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+        return lambda: flash_attn_func(qt, kt, vt, causal=causal)
+    raise ValueError(provider)
+
+
+def _run(benchmark, provider, shape, dtype, device):
+    B, Hq, Hkv, N, D, causal = shape
+    q, k, v, region = _inputs(B, Hq, Hkv, N, D, dtype, device)
+    fn = _provider_fn(provider, q, k, v, region, causal)
+    cuda = device == "cuda"
+
+    def timed():
+        r = fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return r
+
+    with torch.no_grad():
+        result = timed()  # warm-up (autotune, cuDNN plans) and the memory probe
+        extra_mib = None
+        if cuda:
+            del result
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            result = timed()
+            extra_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
+        rounds = 3 if (not cuda and provider == "umedfast_vrr") else (20 if cuda else 5)
+        benchmark.pedantic(timed, rounds=rounds, warmup_rounds=1 if cuda else 0)
+
+        max_err = None
+        if provider in ("umedfast_vrr", "eager_mass"):  # both emit the mass: check it against the fp32 oracle
+            _, ref_mass = _eager_mass(q.float(), k.float(), v.float(), region, causal)
+            max_err = (result[1].float() - ref_mass).abs().max().item()
+            assert max_err < 1e-2, f"{provider} mass differs from fp32 eager by {max_err}"
+
+    med = benchmark.stats.stats.median
+    flops = 4 * B * Hq * N * N * D * (0.5 if causal else 1.0)
+    dev_name = torch.cuda.get_device_name() if cuda else _cpu_name()
+    info = dict(provider=provider, shape=f"B{B} H{Hq}/{Hkv} N{N} D{D} {'causal' if causal else 'full'}",
+                dtype=str(dtype).replace("torch.", ""), ms=round(med * 1e3, 3), tflops=flops / med / 1e12,
+                extra_mib=None if extra_mib is None else round(extra_mib, 1), mass_max_err=max_err, device=dev_name,
+                interpreter=(not cuda and provider == "umedfast_vrr"))
+    benchmark.extra_info.update(info)
+    mem = "n/a" if extra_mib is None else f"{extra_mib:.1f} MiB"
+    print(f"\n| {info['shape']} | {info['dtype']} | {provider}{' (interpreter)' if info['interpreter'] else ''} "
+          f"| {info['ms']:.3f} | {info['tflops']:.4g} | {mem} | {dev_name} |")
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"B{s[0]}H{s[1]}N{s[3]}D{s[4]}{'c' if s[5] else 'f'}")
+def test_vrr_cuda(benchmark, provider, shape):
+    _run(benchmark, provider, shape, torch.bfloat16, "cuda")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: f"B{s[0]}H{s[1]}N{s[3]}D{s[4]}{'c' if s[5] else 'f'}")
+def test_vrr_cpu(benchmark, provider, shape):
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    _run(benchmark, provider, shape, torch.float32, "cpu")
+
