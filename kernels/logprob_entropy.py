@@ -123,7 +123,7 @@ def _lpe_fwd_kernel(
 
 @triton.jit
 def _lpe_bwd_kernel(
-    h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ent_ptr, glp_ptr, gent_ptr,
+    h_ptr, w_ptr, b_ptr, tgt_ptr, mx_ptr, logs_ptr, ent_ptr, glp_ptr, gent_ptr,
     dh_ptr, dw_ptr, db_ptr,  # fp32 accumulators, contiguous [N, H], [V, H], [V]
     N, V, H,
     stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
@@ -141,7 +141,8 @@ def _lpe_bwd_kernel(
 
     tgt = tl.load(tgt_ptr + offs_n, mask=mask_n, other=IGNORE)
     valid = mask_n & (tgt != IGNORE)
-    lse = tl.load(lse_ptr + offs_n, mask=mask_n, other=0.0)
+    mx = tl.load(mx_ptr + offs_n, mask=mask_n, other=0.0)
+    log_s = tl.load(logs_ptr + offs_n, mask=mask_n, other=0.0)
     ent = tl.load(ent_ptr + offs_n, mask=mask_n, other=0.0)
     g_lp = tl.where(valid, tl.load(glp_ptr + offs_n, mask=mask_n, other=0.0), 0.0)
     g_ent = tl.where(valid, tl.load(gent_ptr + offs_n, mask=mask_n, other=0.0), 0.0)
@@ -149,7 +150,7 @@ def _lpe_bwd_kernel(
     z = _logits_tile(h_ptr, w_ptr, b_ptr, offs_n, offs_v, mask_n, mask_v, H,
                      stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
                      HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, UPCAST, DOT_PRECISION)
-    zl = z - lse[:, None]  # log p
+    zl = (z - mx[:, None]) - log_s[:, None]  # log p, without cancelling z against the full lse
     p = tl.exp(zl)
     onehot = (offs_v[None, :] == tgt[:, None]).to(tl.float32)
     dz = g_lp[:, None] * (onehot - p) - g_ent[:, None] * p * (zl + ent[:, None])
@@ -218,7 +219,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def _fwd_triton(hidden, weight, bias, targets, inv_temp, chunk_size):
-    """Returns (logprob, entropy, lse), each Float32[N]."""
+    """Returns (logprob, entropy, Float32[2, N] (row max, log sum-exp relative to it))."""
     n, h = hidden.shape
     v = weight.shape[0]
     cfg = _triton_config(n, v, h, chunk_size, hidden.device)
@@ -236,18 +237,21 @@ def _fwd_triton(hidden, weight, bias, targets, inv_temp, chunk_size):
 
 
 def _combine_splits(m, s, t, zt, targets):
-    """Merge per-split online states [S, N] into (logprob, entropy, lse), each [N]."""
+    """Merge per-split online states [S, N] into (logprob, entropy, (row max, log sum-exp below it)), each [N].
+
+    lse = mx + log_s is kept as two parts: log p = (z - mx) - log_s is then exact to rounding even for a peaked
+    distribution with large logits, where z - lse would cancel to the ulp of |z|.
+    """
     mx = m.max(0).values
     alpha = torch.exp(m - mx)
     s_all = (alpha * s).sum(0)
     shift = torch.where(s > 0, (m - mx) * s, torch.zeros_like(s))
     t_all = (alpha * (t + shift)).sum(0)
     log_s = torch.log(s_all)
-    lse = mx + log_s
     valid = targets != IGNORE_INDEX
-    logprob = torch.where(valid, zt - lse, torch.zeros_like(lse))
-    entropy = torch.where(valid, log_s - t_all / s_all, torch.zeros_like(lse))
-    return logprob, entropy, lse
+    logprob = torch.where(valid, (zt - mx) - log_s, torch.zeros_like(log_s))
+    entropy = torch.where(valid, log_s - t_all / s_all, torch.zeros_like(log_s))
+    return logprob, entropy, torch.stack([mx, log_s])
 
 
 def _bwd_triton(hidden, weight, bias, targets, lse, entropy, g_lp, g_ent, inv_temp, chunk_size, needs):
@@ -260,8 +264,8 @@ def _bwd_triton(hidden, weight, bias, targets, lse, entropy, g_lp, g_ent, inv_te
     db = torch.zeros((v,), **f32) if needs[2] else None
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(v, cfg["BLOCK_V"]))
     _lpe_bwd_kernel[grid](
-        hidden, weight, bias if bias is not None else hidden, targets, lse, entropy, g_lp, g_ent,
-        dh if dh is not None else lse, dw if dw is not None else lse, db if db is not None else lse,
+        hidden, weight, bias if bias is not None else hidden, targets, lse[0], lse[1], entropy, g_lp, g_ent,
+        dh if dh is not None else entropy, dw if dw is not None else entropy, db if db is not None else entropy,
         n, v, h,
         hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), inv_temp,
         HAS_BIAS=bias is not None, COMPUTE_DH=dh is not None, COMPUTE_DW=dw is not None,
@@ -326,7 +330,7 @@ def _bwd_torch(hidden, weight, bias, targets, lse, entropy, g_lp, g_ent, inv_tem
     db = torch.empty((v,), device=hidden.device) if needs[2] else None
     for v0 in range(0, v, chunk):
         v1 = min(v, v0 + chunk)
-        zl = _chunk_logits(hf, weight, bias, v0, v1, inv_temp).sub_(lse[:, None])  # log p
+        zl = _chunk_logits(hf, weight, bias, v0, v1, inv_temp).sub_(lse[0][:, None]).sub_(lse[1][:, None])  # log p
         p = torch.exp(zl)
         # dz = g_lp (onehot - p) - g_ent p (log p + H), built in place to keep one [N, C] live besides p
         dz = zl.add_(entropy[:, None]).mul_(g_ent).add_(g_lp).mul_(p).neg_()
