@@ -1,0 +1,50 @@
+"""COCO detection JSON (images / annotations with xywh bbox / categories), shared by TBX11K and KidneyStone."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from umedfast.boxes import xywh_to_xyxy
+from umedfast.data.records import Finding
+from umedfast.data.sources.common import Collector, ImageIndex, SourceFormatError, check_box, image_size
+
+
+def load_coco(json_path: Path, index: ImageIndex, col: Collector, *, source: str, modality: str,
+              label_of: Callable[[str], str], split: str | None = None, normals: bool = True) -> None:
+    """Add the findings of one COCO file to ``col``; images without annotations become normal findings."""
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SourceFormatError(f"{json_path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise SourceFormatError(f"{json_path}: missing list '{key}' (not a COCO detection file)")
+    cats = {}
+    for i, c in enumerate(data["categories"]):
+        with col.entry(f"{json_path}: categories[{i}]"):
+            cats[c["id"]] = c["name"]
+    images = {}
+    for i, im in enumerate(data["images"]):
+        with col.entry(f"{json_path}: images[{i}]"):
+            path = index.find(Path(im["file_name"]).name)
+            images[im["id"]] = (path, image_size(path))
+    annotated = set()
+    for i, a in enumerate(data["annotations"]):
+        with col.entry(f"{json_path}: annotations[{i}] (id={a.get('id')})"):
+            if a["image_id"] not in images:
+                raise SourceFormatError(f"image_id {a['image_id']} is not in 'images' (or its image was bad)")
+            if a["category_id"] not in cats:
+                raise SourceFormatError(f"category_id {a['category_id']} is not in 'categories'")
+            label = label_of(cats[a["category_id"]])
+            path, size = images[a["image_id"]]
+            box = check_box(xywh_to_xyxy(a["bbox"]), size)
+            meta = {"official_label": cats[a["category_id"]]}
+            if split:
+                meta["split"] = split
+            col.add(Finding(source, str(path), modality, label, box, size, meta))
+            annotated.add(a["image_id"])
+    if normals:
+        for iid, (path, size) in images.items():
+            if iid not in annotated:
+                col.add(Finding(source, str(path), modality, "normal", None, size, {"split": split} if split else {}))
