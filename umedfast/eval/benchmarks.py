@@ -174,7 +174,7 @@ def positive_probability(bundle, samples, *, positive: str = "yes", negative: st
     """
     import torch
     from tqdm.auto import tqdm
-    from umedfast.eval.mau import model_inputs
+    from umedfast.eval.mau import for_collate, model_inputs
     from umedfast.model import collate_chat
 
     model = bundle.model
@@ -189,7 +189,7 @@ def positive_probability(bundle, samples, *, positive: str = "yes", negative: st
     try:
         with torch.no_grad():
             for start in tqdm(range(0, len(samples), batch_size), desc="score", unit="batch", disable=not progress):
-                batch = collate_chat(bundle, list(samples[start:start + batch_size]), for_generation=True)
+                batch = collate_chat(bundle, for_collate(samples[start:start + batch_size]), for_generation=True)
                 inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in model_inputs(batch).items()}
                 logits = model(**inputs).logits[:, -1, :].float()  # left padding: last column = last prompt token
                 probs = torch.softmax(logits, dim=-1)

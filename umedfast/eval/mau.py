@@ -105,6 +105,7 @@ def score_samples(records: Sequence[Any], responses: Sequence[str], *, box_forma
         out.append({
             "id": _get(rec, "id"), "source": src, "modality": _get(rec, "modality"), "split": _get(rec, "split"),
             "image": str(_get(rec, "image")), "image_size": list(_get(rec, "image_size") or []), "normal": normal,
+            "query": _get(rec, "query"),
             "gt_labels": sorted(gt_labels), "named": sorted(named), "correct": bool(correct),
             "pred_boxes": [list(b) for b in boxes], "gt_boxes": [list(b) for _, b in tgt],
             "iou": iou, "iou50": iou50, "format_ok": bool(fmt_ok), "steps": steps, "response": resp,
@@ -175,6 +176,24 @@ def model_inputs(batch: dict) -> dict:
         return {k: v for k, v in batch.items() if k not in _BOOKKEEPING_KEYS}
 
 
+def for_collate(records: Sequence[Any]) -> list:
+    """Records as collate_chat takes them. MAURecords pass through; any other record whose `image` is a path
+    (benchmark samples) becomes {"image": PIL RGB image, "query": ...}, loaded here, one batch at a time."""
+    try:
+        from umedfast.data import MAURecord
+    except ImportError:
+        MAURecord = ()  # noqa: N806
+    out = []
+    for r in records:
+        if isinstance(r, MAURecord) or not isinstance(_get(r, "image"), (str, os.PathLike)):
+            out.append(r)
+        else:
+            from PIL import Image
+            with Image.open(_get(r, "image")) as im:
+                out.append({"image": im.convert("RGB"), "query": _get(r, "query"), "response": _get(r, "response")})
+    return out
+
+
 def generate_responses(bundle, records: Sequence[Any], *, batch_size: int = 8, max_new_tokens: int = 64,
                        greedy: bool = True, progress: bool = True, **generate_kwargs) -> list[str]:
     """Batched generation for MAU records. Returns one decoded response (prompt excluded) per record, in order.
@@ -197,7 +216,7 @@ def generate_responses(bundle, records: Sequence[Any], *, batch_size: int = 8, m
         with torch.no_grad():
             for start in tqdm(range(0, len(records), batch_size), desc="generate", unit="batch",
                               disable=not progress):
-                chunk = list(records[start:start + batch_size])
+                chunk = for_collate(records[start:start + batch_size])
                 batch = collate_chat(bundle, chunk, for_generation=True)
                 inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in model_inputs(batch).items()}
                 kw = dict(max_new_tokens=max_new_tokens, do_sample=not greedy, pad_token_id=pad_id)

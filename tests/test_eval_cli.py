@@ -1,0 +1,152 @@
+"""umedfast-eval end to end on the tiny offline model and MAU-Synth, plus the paper-style tables."""
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import pytest
+
+from umedfast.eval import tables as T
+from umedfast.eval.cli import main
+
+
+def _res(per_source, **top):
+    return {"per_source": {s: {"accuracy": a, "mean_iou": a / 2} for s, a in per_source.items()}, **top}
+
+
+def test_results_table_paper_order_and_macro_avg():
+    t = T.results_table([("m1", _res({"nih": 0.4, "deeplesion": 0.6, "kvasir": 1.0})),
+                         ("m2", _res({"nih": 0.2}))])
+    assert t.header == ["Model", "DeepLesion", "KVASIR", "NIH", "Avg"]
+    assert t.rows[0] == ["m1", 0.6, 1.0, 0.4, pytest.approx(2 / 3)]
+    assert t.rows[1] == ["m2", None, None, 0.2, 0.2]
+    text = T.render_text(t)
+    assert "DeepLesion" in text and " - " in text and "0.67" in text
+    h = T.render_html(T.Table("a<b", ["Model", "x"], [["<script>", 0.5]]))
+    assert "&lt;script&gt;" in h and "<script>" not in h
+    assert T.display_name("synth-tbx11k") == "Synth TBX11K"
+
+
+def test_ablation_cli_reads_the_four_runs(tmp_path, capsys):
+    accs = {"full": 0.75, "wo_vrr": 0.71, "wo_alr": 0.72, "wo_aar": 0.67}
+    for run, a in accs.items():
+        stage = "sft" if run == "wo_aar" else "ppo"
+        d = tmp_path / run / stage
+        d.mkdir(parents=True)
+        (d / "eval.json").write_text(json.dumps(_res({"nih": a, "kvasir": a + 0.1})))
+    assert main(["ablation", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith(("UMed", "w/o"))][:4]
+    assert [ln.split()[0] for ln in lines] == ["UMed-LVLM", "w/o", "w/o", "w/o"]
+    assert lines[0].split()[-1] == "0.80" and lines[1].split()[-1] == "0.76"  # Avg = (a + a + 0.1) / 2
+    assert "w/o AAR" in lines[3] and lines[3].split()[-1] == "0.72"
+    with pytest.raises(ValueError, match="unknown ablation"):
+        T.ablation_table({"bogus": {}})
+
+
+def test_generalization_table_columns_are_the_held_out_groups(tmp_path, capsys):
+    p = tmp_path / "eval.json"
+    p.write_text(json.dumps({"per_label": {"mass": {"accuracy": 0.5}, "nodule": {"accuracy": 1.0}},
+                             "per_source": {}}))
+    assert main(["table", str(p), "--names", "model", "--group", "label", "--columns", "mass,effusion"]) == 0
+    out = capsys.readouterr().out
+    assert "mass" in out and "effusion" in out and "nodule" not in out
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    from umedfast.data import synth
+    d = tmp_path_factory.mktemp("synth")
+    recs = synth.generate(8, d, seed=3, image_size=112, progress=False)
+    return d / "mau_synth.jsonl", recs
+
+
+def test_run_two_checkpoints_writes_eval_json_and_table(synth_data, tmp_path, capsys):
+    from umedfast.eval.mau import generate_responses
+    from umedfast.model import load_vlm, save_checkpoint
+
+    jsonl, recs = synth_data
+    bundle = load_vlm("tiny-llava")
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, bundle)
+    out = tmp_path / "out"
+    rc = main(["--checkpoint", "tiny-llava", "--checkpoint", str(ckpt), "--names", "base,saved", "--data", str(jsonl),
+               "--split", "all", "--limit", "3", "--max-new-tokens", "6", "--batch-size", "2", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "Model" in printed and "Avg" in printed and "base" in printed and "saved" in printed
+    ev = json.loads((out / "base" / "eval.json").read_text())
+    assert {"accuracy", "mean_iou", "acc_iou50", "format_ok", "per_source", "n"} <= set(ev) and ev["n"] == 3
+    assert ev == json.loads((out / "saved" / "eval.json").read_text())  # the saved checkpoint is the same model
+    preds = [json.loads(x) for x in (out / "base" / "eval.predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in preds] == [r.id for r in recs[:3]]
+    # greedy decoding is deterministic: regenerating gives the same answers
+    again = generate_responses(bundle, recs[:3], batch_size=2, max_new_tokens=6, progress=False)
+    assert [p["response"] for p in preds] == again
+
+
+def test_gold_answers_score_perfectly_and_rubric_judge(synth_data, tmp_path):
+    from umedfast.eval.judged import make_eval_judge
+    from umedfast.eval.mau import evaluate_and_write
+
+    _, recs = synth_data
+    m = evaluate_and_write(None, recs, tmp_path / "eval.json", responses=[r.response for r in recs],
+                           judge=make_eval_judge("rubric"))
+    assert m["accuracy"] == 1.0 and m["format_ok"] == 1.0 and m["acc_iou50"] == 1.0
+    assert m["mean_iou"] > 0.95  # norm1000 rounding only
+    assert m["judge"] == "rubric" and m["judge_failures"] == 0 and m["judged_accuracy"] is not None
+    abnormal = [r for r in recs if r.findings]
+    ma = evaluate_and_write(None, abnormal, tmp_path / "abn.json", responses=[r.response for r in abnormal],
+                            judge=make_eval_judge("rubric"))
+    assert ma["judged_accuracy"] == 1.0  # the rubric gives gold answers on abnormal images full marks
+    assert json.loads((tmp_path / "eval.json").read_text())["accuracy"] == 1.0
+
+
+class _JudgeHandler(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 - http.server API
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][0]["content"]
+        content = "I cannot grade this" if "BADCASE" in prompt else json.dumps({"score": 0.8})
+        data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": content}}],
+                           "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_judged_accuracy_through_openai_compatible_server(synth_data, monkeypatch):
+    from umedfast.eval.judged import judged_accuracy, make_eval_judge
+
+    _, recs = synth_data
+    srv = HTTPServer(("127.0.0.1", 0), _JudgeHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("UMEDFAST_JUDGE_API_KEY", "test-key")
+        judge = make_eval_judge("openai", base_url=f"http://127.0.0.1:{srv.server_port}/v1", model="judge")
+        resp = [r.response for r in recs[:4]]
+        resp[1] = "BADCASE"
+        m, scores = judged_accuracy(recs[:4], resp, judge)
+    finally:
+        srv.shutdown()
+    assert scores[1] is None and scores[0] == pytest.approx(0.8)
+    assert m["judge_failures"] == 1 and m["judged_accuracy"] == 1.0 and m["judged_mean_score"] == pytest.approx(0.8)
+
+
+def test_bench_cli_pneumoniamnist_auc(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 255, (4, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "pneumoniamnist.npz", test_images=imgs, test_labels=np.array([[0], [1], [0], [1]]))
+    out = tmp_path / "out"
+    assert main(["bench", "--checkpoint", "tiny-llava", "--benchmark", "pneumoniamnist", "--root", str(tmp_path),
+                 "--max-new-tokens", "3", "--out", str(out)]) == 0
+    m = json.loads((out / "pneumoniamnist.json").read_text())["pneumoniamnist"]
+    assert m["n"] == 4 and 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["binary_acc"] <= 1.0
+    rows = [json.loads(x) for x in (out / "pneumoniamnist.predictions.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["score"] <= 1.0 for r in rows) and [r["label"] for r in rows] == [0, 1, 0, 1]
