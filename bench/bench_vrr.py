@@ -119,7 +119,7 @@ def _run(benchmark, provider, shape, dtype, device):
             base = torch.cuda.memory_allocated()
             result = timed()
             extra_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
-        rounds = 3 if (not cuda and provider == "umedfast_vrr") else (20 if cuda else 5)
+        rounds = 3 if (not cuda and provider == "umedfast_vrr") else (20 if cuda else 10)
         benchmark.pedantic(timed, rounds=rounds, warmup_rounds=1 if cuda else 0)
 
         max_err = None
@@ -151,6 +151,6 @@ def test_vrr_cuda(benchmark, provider, shape):
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: f"B{s[0]}H{s[1]}N{s[3]}D{s[4]}{'c' if s[5] else 'f'}")
 def test_vrr_cpu(benchmark, provider, shape):
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(1)  # the 2-core CI box is shared: one thread avoids thread-sync stalls under load
     _run(benchmark, provider, shape, torch.float32, "cpu")
 
