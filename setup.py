@@ -108,12 +108,13 @@ class CMakeBuild(build_ext):
             raise RuntimeError(f"umedfast: CMake finished but {out_path} was not produced")
 
 
-packages = find_packages(include=["umedfast", "umedfast.*"]) + ["umedfast.kernels"]
-ext_modules = [] if os.environ.get("UMEDFAST_SKIP_EXT", "0") == "1" else [CMakeExtension("umedfast._C")]
-setup(
-    packages=packages,
-    package_dir={"umedfast.kernels": "kernels"},
-    include_package_data=True,
-    ext_modules=ext_modules,
-    cmdclass={"build_ext": CMakeBuild},
-)
+if __name__ == "__main__":  # pip's build backend runs this file as __main__; tests import the helpers above
+    packages = find_packages(include=["umedfast", "umedfast.*"]) + ["umedfast.kernels"]
+    ext_modules = [] if os.environ.get("UMEDFAST_SKIP_EXT", "0") == "1" else [CMakeExtension("umedfast._C")]
+    setup(
+        packages=packages,
+        package_dir={"umedfast.kernels": "kernels"},
+        include_package_data=True,
+        ext_modules=ext_modules,
+        cmdclass={"build_ext": CMakeBuild},
+    )

@@ -1,0 +1,85 @@
+"""Build plumbing: the extension is in place, raw CUDA kernels compile with plain nvcc, setup.py decisions/errors."""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_setup_module():
+    spec = importlib.util.spec_from_file_location("umedfast_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # __name__ != "__main__": defines helpers, does not call setup()
+    return module
+
+
+@pytest.mark.skipif(os.environ.get("UMEDFAST_SKIP_EXT") == "1", reason="installed without compiled ops on purpose")
+def test_extension_is_built_inside_the_package():
+    import umedfast
+    import umedfast._C as C
+
+    assert Path(C.__file__).parent == Path(umedfast.__file__).parent
+    assert Path(C.__file__).name.startswith("_C.") and C.__file__.endswith(".so")
+    import torch
+
+    assert hasattr(torch.ops.umedfast, "box_iou_pairwise")  # loading _C registered the TORCH_LIBRARY ops
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+def test_cuda_kernels_compile_with_plain_nvcc(tmp_path):
+    """The raw kernels take pointers + cudaStream_t, so nvcc compiles them with no (CUDA) torch at all."""
+    src = ROOT / "csrc" / "cuda" / "box_iou_kernels.cu"
+    obj = tmp_path / "box_iou_kernels.o"
+    cmd = ["nvcc", "-arch=sm_90", "-O3", "-Werror", "all-warnings", "-c", str(src), "-o", str(obj)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    symbols = subprocess.run(["nm", "-C", str(obj)], capture_output=True, text=True).stdout
+    for name in ("launch_box_overlap_paired", "launch_box_iou_pairwise"):
+        assert f"umedfast::cuda::{name}" in symbols
+    assert "torch" not in src.read_text() and "ATen" not in src.read_text()
+
+
+def test_cuda_arch_list_normalization():
+    setup_mod = load_setup_module()
+    assert setup_mod._normalize_archs("80;90") == "80;90"
+    assert setup_mod._normalize_archs("8.0;9.0") == "80;90"
+    assert setup_mod._normalize_archs(" 8.6, 9.0a ") == "86;90a"
+
+
+def test_cuda_decision(monkeypatch, tmp_path):
+    setup_mod = load_setup_module()
+    cpu_torch = types.SimpleNamespace(__version__="2.13.0+cpu", version=types.SimpleNamespace(cuda=None))
+    cuda_torch = types.SimpleNamespace(__version__="2.13.0+cu130", version=types.SimpleNamespace(cuda="13.0"))
+    monkeypatch.delenv("UMEDFAST_SKIP_CUDA", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.delenv("CUDACXX", raising=False)
+    assert setup_mod._cuda_decision(cpu_torch) == (False, "torch 2.13.0+cpu is a CPU build")
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))  # no bin/nvcc inside
+    assert setup_mod._cuda_decision(cuda_torch)[0] is False
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvcc").write_text("#!/bin/sh\n")
+    assert setup_mod._cuda_decision(cuda_torch)[0] is True
+    assert os.environ["CUDACXX"] == str(tmp_path / "bin" / "nvcc")
+    monkeypatch.setenv("UMEDFAST_SKIP_CUDA", "1")
+    assert setup_mod._cuda_decision(cuda_torch) == (False, "UMEDFAST_SKIP_CUDA=1")
+
+
+def test_missing_pybind11_gives_a_clear_error(tmp_path):
+    """With --no-build-isolation nothing installs build requirements: setup.py must say what to install."""
+    shadow = tmp_path / "shadow" / "pybind11"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('pybind11 hidden by the test')\n")
+    env = dict(os.environ, PYTHONPATH=f"{shadow.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env.pop("UMEDFAST_SKIP_EXT", None)
+    cmd = [sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib"),
+           "--build-temp", str(tmp_path / "tmp")]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "pip install 'cmake>=3.26' ninja pybind11" in out.stderr + out.stdout
+    assert "UMEDFAST_SKIP_EXT=1" in out.stderr + out.stdout
