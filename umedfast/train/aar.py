@@ -1,0 +1,98 @@
+"""Abnormal-Aware Rewards of a rollout: relevance (judge), ALR (IoU of written boxes), VRR (attention mass of the
+class tokens on the region patches, through ``umedfast.rewards.vrr.vrr_forward``), combined per query group."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from umedfast.config import PPOConfig
+from umedfast.rewards.alr import alr_from_text
+from umedfast.rewards.combine import CombinedReward, combine_rewards
+from umedfast.rewards.judge import JudgeItem
+from umedfast.train.rollout import Rollout
+
+
+@dataclass
+class RolloutRewards:
+    """Per candidate (Float[B] / Bool[B]): raw parts, plain IoU for logging, and the combined reward."""
+
+    r_llm: torch.Tensor
+    alr: torch.Tensor
+    iou: torch.Tensor
+    format_ok: torch.Tensor
+    vrr: torch.Tensor
+    class_written: torch.Tensor
+    combined: CombinedReward
+
+
+def _targets(rec):
+    from umedfast.data import record_targets
+
+    return record_targets(rec)
+
+
+def class_token_mask(bundle, ro: Rollout, labels: list[list[str]]) -> torch.Tensor:
+    """Bool[B, P+L]: positions of the response tokens that spell a ground-truth class label."""
+    from umedfast.model import phrase_token_positions
+
+    ids = ro.batch["input_ids"]
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    for b in range(ids.shape[0]):
+        n = int(ro.response_mask[b].sum())
+        row = ro.response_ids[b, :n].tolist()
+        for lab in set(labels[b]):
+            for j in phrase_token_positions(bundle.tokenizer, row, lab):
+                mask[b, ro.prompt_width + j] = True
+    return mask
+
+
+def compute_vrr(bundle, ro: Rollout, boxes: list[list], labels: list[list[str]], layers=None):
+    """(vrr Float[B], class_written Bool[B]); rows whose response names no class get 0 without a kernel call."""
+    from umedfast.model import image_region_mask
+    from umedfast.rewards.vrr import vrr_forward
+
+    cls = class_token_mask(bundle, ro, labels)
+    written = cls.any(dim=1)
+    vrr = torch.zeros(len(ro.texts))
+    if not bool(written.any()):
+        return vrr, written.cpu()
+    region = image_region_mask(bundle, ro.batch, boxes)
+    model = bundle.model
+    was = model.training
+    model.eval()
+    try:
+        _, v = vrr_forward(model, ro.batch, region, cls, layers=layers)
+    finally:
+        model.train(was)
+    return v.float().cpu(), written.cpu()
+
+
+def score_rollout(bundle, ro: Rollout, judge, cfg: PPOConfig, *, box_format: str = "norm1000") -> RolloutRewards:
+    """All AAR rewards of a rollout. A reward whose weight is 0 is not computed (ablations cost nothing)."""
+    from umedfast.data import synonyms
+
+    tg = [_targets(r) for r in ro.records]
+    labels = [[lab for lab, _ in t] for t in tg]
+    boxes = [[box for _, box in t] for t in tg]
+    B = len(ro.texts)
+    alr, iou, fmt = torch.zeros(B), torch.zeros(B), torch.ones(B, dtype=torch.bool)
+    for i, (text, bx) in enumerate(zip(ro.texts, boxes)):
+        res = alr_from_text(text, bx, box_format, image_size=getattr(ro.records[i], "image_size", None),
+                            giou_weight=cfg.giou_weight)
+        alr[i], iou[i], fmt[i] = res.reward, res.iou, res.format_ok
+    if cfg.w_llm:
+        items = [JudgeItem(query=r.query, response=t, reference=r.response, labels=tuple(lab),
+                           synonyms=tuple(s for x in lab for s in synonyms(r.source, x)), box_format=box_format)
+                 for r, t, lab in zip(ro.records, ro.texts, labels)]
+        r_llm = torch.tensor(judge.score(items), dtype=torch.float32)
+    else:
+        r_llm = torch.zeros(B)
+    if cfg.w_vrr:
+        layers = [int(x) for x in cfg.vrr_layers.split(",") if x.strip()] or None
+        vrr, written = compute_vrr(bundle, ro, boxes, labels, layers)
+    else:
+        vrr, written = torch.zeros(B), torch.zeros(B, dtype=torch.bool)
+    comb = combine_rewards(r_llm, alr, vrr, cfg.k, class_written=written, format_ok=fmt, w_llm=cfg.w_llm,
+                           w_alr=cfg.w_alr, w_vrr=cfg.w_vrr, format_penalty=cfg.format_penalty)
+    return RolloutRewards(r_llm, alr, iou, fmt, vrr, written, comb)

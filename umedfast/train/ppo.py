@@ -1,0 +1,197 @@
+"""Stage 2: PPO with Abnormal-Aware Rewarding (AAR) and a critic; GRPO / RLOO on the same loop.
+
+One iteration (a short script, every piece is a pure function from ``umedfast.rl`` or a helper in this package):
+
+1. take the next ``queries_per_step`` training queries (sharded across ranks) and sample K candidates each;
+2. one no-grad scoring forward: old log-probs and values; VRR through the fused kernel; reference log-probs from
+   the frozen SFT policy (LoRA: adapters disabled; full fine-tune: a frozen copy);
+3. rewards: judge relevance + ALR/max_K + VRR/max_K (weights ``w_*``; 0 = ablation);
+4. advantages: GAE over response tokens (sequence reward on the last token, per-token KL penalty) + whitening,
+   or a group baseline (GRPO / RLOO, KL then enters the loss as k3);
+5. ``ppo_epochs`` passes of minibatch updates with the clipped policy loss, clipped value loss and entropy bonus.
+
+Writes ``OUTPUT/ppo/metrics.jsonl`` + TensorBoard events, checkpoints, ``OUTPUT/ppo/final`` and ``eval.json``.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from umedfast.config import TrainConfig
+from umedfast.rl import (gae_advantages, group_advantages, kl_penalty, masked_mean, policy_loss, token_rewards,
+                         value_loss)
+from umedfast.train.aar import score_rollout
+from umedfast.train.checkpoint import EpochOrder, latest_checkpoint, load_training_state, save_training_state
+from umedfast.train.common import load_policy, load_records, resolve_device, seed_everything, trainable, warmup_cosine
+from umedfast.train.distributed import Dist, all_gather_floats, all_reduce_sum, barrier, wrap_ddp
+from umedfast.train.metrics import MetricsLogger, NonFiniteGuard
+from umedfast.train.rollout import policy_outputs, reference_logprobs, sample_candidates, select_rows
+from umedfast.train.sft import evaluate
+
+
+def global_whiten(x: torch.Tensor, mask: torch.Tensor, d: Dist, eps: float = 1e-8) -> torch.Tensor:
+    """Whiten ``x`` [B, L] over the response tokens of ALL ranks (same statistics as one process would use)."""
+    m = mask.float()
+    stats = all_reduce_sum(torch.stack([(x * m).sum(), (x * x * m).sum(), m.sum()]).double(), d)
+    n = stats[2].clamp_min(1.0)
+    mean = stats[0] / n
+    var = (stats[1] / n - mean ** 2).clamp_min(0.0) * n / (n - 1).clamp_min(1.0)
+    return ((x - mean.float()) * torch.rsqrt(var.float() + eps)) * m
+
+
+def init_path(cfg: TrainConfig) -> str:
+    """The policy stage 2 starts from: ``ppo.init_from``, else the SFT output, else ``model.name``."""
+    if cfg.ppo.init_from:
+        return cfg.ppo.init_from
+    sft_final = Path(cfg.output_dir) / "sft" / "final"
+    return str(sft_final) if (sft_final / "config.json").is_file() else cfg.model.name
+
+
+def build_policy_and_reference(cfg: TrainConfig, device: str):
+    """(bundle, reference model or None). LoRA: SFT adapters (if any) are merged, fresh adapters are trained and the
+    reference is the model with adapters disabled. Full fine-tune: the reference is a frozen copy."""
+    from umedfast.model import LoraSettings, add_lora
+
+    bundle = load_policy(cfg, device, init_path(cfg), lora=False)
+    if bundle.has_adapters:  # an SFT checkpoint trained with LoRA: its adapters become part of the reference
+        bundle.model = bundle.model.merge_and_unload()
+    if cfg.model.lora:
+        m = cfg.model
+        add_lora(bundle, LoraSettings(r=m.lora_r, alpha=m.lora_alpha, dropout=m.lora_dropout))
+        return bundle, None
+    ref = copy.deepcopy(bundle.model).eval().requires_grad_(False)
+    return bundle, ref
+
+
+def ref_logprobs(bundle, ref, batch, resp, p):
+    if ref is not None:
+        return reference_logprobs(ref, batch, resp, p)
+    from umedfast.model import adapters_disabled
+
+    with adapters_disabled(bundle) as m:
+        return reference_logprobs(m, batch, resp, p)
+
+
+def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict:
+    """Train stage 2 and return ``{"steps", "eval", "summary"}``."""
+    from umedfast.model import PolicyWithValue, ValueHead, hidden_size, save_checkpoint
+    from umedfast.rewards.judge import make_judge
+
+    p = cfg.ppo
+    run_dir = Path(cfg.output_dir) / "ppo"
+    device = resolve_device(cfg, d)
+    if p.queries_per_step % d.world:
+        raise ValueError(f"ppo.queries_per_step={p.queries_per_step} must be divisible by the world size {d.world}")
+    seed_everything(cfg.seed + 1000 + d.rank)  # ranks sample different candidates
+    train, held = load_records(cfg, d)
+    bundle, ref = build_policy_and_reference(cfg, device)
+    vh = ValueHead(hidden_size(bundle.base_model)).to(device)
+    pwv = PolicyWithValue(bundle, vh)
+    pwv.eval()  # no dropout: sampling, scoring and updates see the same function
+    ddp = wrap_ddp(pwv, d, device)
+    pol_params = trainable(bundle.model)
+    opt = torch.optim.AdamW([{"params": pol_params, "lr": p.lr}, {"params": list(vh.parameters()), "lr": p.value_lr}],
+                            weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(p.steps, p.warmup_ratio, p.min_lr_ratio))
+    order = EpochOrder(len(train), seed=cfg.seed + 1)
+    judge = make_judge(cfg.judge.kind, **({} if cfg.judge.kind == "rubric" else dict(
+        base_url=cfg.judge.base_url, model=cfg.judge.model, api_key_env=cfg.judge.api_key_env,
+        concurrency=cfg.judge.concurrency, timeout_s=cfg.judge.timeout_s, retries=cfg.judge.retries,
+        neutral=cfg.judge.neutral)))
+    step = 0
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        st = load_training_state(ckpt, model=bundle.model, value_head=vh, optimizer=opt, scheduler=sched,
+                                 order=order, d=d, device=device)
+        step = st["step"]
+    log = MetricsLogger(run_dir, enabled=d.is_main)
+    guard = NonFiniteGuard()
+    bar = tqdm(total=p.steps, initial=step, desc="ppo", unit="it", disable=not (cfg.progress and d.is_main))
+    use_critic = p.advantage == "gae"
+    while step < p.steps:
+        # 1. rollouts
+        epoch, idx = order.next_batch(p.queries_per_step)
+        mine = [train[i] for i in idx][d.rank::d.world]
+        ro = sample_candidates(bundle, mine, k=p.k, temperature=p.temperature, top_p=p.top_p,
+                               max_new_tokens=p.max_new_tokens)
+        mask, resp, pw = ro.response_mask.to(device), ro.response_ids, ro.prompt_width
+        # 2. scoring forward (old log-probs, values), reference, VRR inside the rewards
+        with torch.no_grad():
+            old_lp, old_v, _ = policy_outputs(pwv, ro.batch, resp, pw)
+            ref_lp = ref_logprobs(bundle, ref, ro.batch, resp, pw)
+        rw = score_rollout(bundle, ro, judge, p, box_format=cfg.data.box_format)
+        guard.add("reward_nonfinite", rw.combined.nonfinite)
+        seq_r = rw.combined.total.to(device)
+        # 3. advantages
+        kl = kl_penalty(old_lp, ref_lp, p.kl_estimator)
+        if use_critic:
+            adv, ret = gae_advantages(token_rewards(seq_r, kl, mask, p.kl_coef), old_v, mask, p.gamma, p.lam)
+            if p.whiten_advantages:
+                adv = global_whiten(adv, mask, d)
+        else:
+            adv, ret = group_advantages(seq_r, mask, p.k, p.advantage), None
+        # 4. PPO epochs over minibatches
+        stats = {"pg_loss": 0.0, "vf_loss": 0.0, "clip_frac": 0.0, "entropy": 0.0}
+        n_upd, B = 0, resp.shape[0]
+        for _ in range(p.ppo_epochs):
+            perm = torch.randperm(B)
+            for s in range(0, B, p.minibatch_size):
+                mb = perm[s:s + p.minibatch_size]
+                sub = select_rows(ro.batch, mb, bundle)
+                lp, v, ent = policy_outputs(ddp, sub, resp[mb], pw, need_entropy=True)
+                m = mask[mb]
+                pg, cf = policy_loss(lp, old_lp[mb], adv[mb], m, p.clip_eps)
+                loss = pg
+                if use_critic:
+                    vf = value_loss(v, old_v[mb], ret[mb], m, p.value_clip)
+                    loss = loss + p.vf_coef * vf
+                else:
+                    vf = torch.zeros(())
+                    loss = loss + 0.0 * v.sum()  # keep the value head in DDP's graph (no unused parameters)
+                    if p.kl_coef:
+                        loss = loss + p.kl_coef * masked_mean(kl_penalty(lp, ref_lp[mb], "k3"), m)
+                ent_m = masked_mean(ent, m)
+                if p.ent_coef:
+                    loss = loss - p.ent_coef * ent_m
+                if not guard.ok("ppo_loss", loss):
+                    loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # every rank must still join the all-reduce
+                loss.backward()
+                if p.max_grad_norm > 0:
+                    gn = torch.nn.utils.clip_grad_norm_(pol_params + list(vh.parameters()), p.max_grad_norm)
+                    if not guard.ok("ppo_grad_norm", gn):
+                        opt.zero_grad(set_to_none=True)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                for key, val in (("pg_loss", pg), ("vf_loss", vf), ("clip_frac", cf), ("entropy", ent_m)):
+                    stats[key] += float(val.detach())
+                n_upd += 1
+        sched.step()
+        step += 1
+        # 5. metrics (reward statistics over all ranks)
+        g = lambda t: all_gather_floats(t.float().tolist(), d)  # noqa: E731
+        mean = lambda xs: sum(xs) / max(1, len(xs))  # noqa: E731
+        row = {"reward": mean(g(rw.combined.total)), "r_llm": mean(g(rw.r_llm)), "alr": mean(g(rw.alr)),
+               "iou": mean(g(rw.iou)), "vrr": mean(g(rw.vrr)), "format_ok": mean(g(rw.format_ok)),
+               "class_written": mean(g(rw.class_written)),
+               "kl": float(all_reduce_sum((kl * mask).sum().cpu(), d)) / max(1.0, float(all_reduce_sum(
+                   mask.sum().cpu(), d))) * 1.0,
+               "resp_len": mean(g(mask.sum(1).cpu())), "lr": sched.get_last_lr()[0], "epoch": epoch,
+               "ids": [train[i].id for i in idx], **{k_: v_ / max(1, n_upd) for k_, v_ in stats.items()}}
+        if step % cfg.log_every == 0 or step == p.steps:
+            log.log(step, row)
+        bar.update(1)
+        bar.set_postfix(R=f"{row['reward']:.2f}", iou=f"{row['iou']:.2f}", kl=f"{row['kl']:.3f}")
+        if (p.save_every and step % p.save_every == 0) or step == p.steps:
+            save_training_state(run_dir, step, model=bundle.model, value_head=vh, optimizer=opt, scheduler=sched,
+                                order=order, d=d)
+    bar.close()
+    if d.is_main:
+        save_checkpoint(run_dir / "final", bundle, vh)
+    barrier(d)
+    ev = evaluate(cfg, bundle, held, run_dir / "eval.json", d, p.eval_max_new_tokens)
+    summary = log.summary({"steps": step, "nonfinite": guard.counts, "eval": ev, "judge": getattr(judge, "stats", {})})
+    log.close()
+    return {"steps": step, "eval": ev, "summary": summary, "bundle": bundle}

@@ -1,0 +1,125 @@
+"""Stage-2 rollouts: sample K candidates per query with KV-cache generation, then build the scoring batch.
+
+Layout: the batch is query-major (rows ``q*K .. q*K+K-1`` are the candidates of query ``q``). Sequences keep the
+left-padded prompt of generation followed by the sampled tokens, so the tokens scored are exactly the tokens sampled
+(no decode/re-encode round trip). ``P`` is the padded prompt width, ``L`` the longest response.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from umedfast.rl.losses import entropy_from_logits, gather_logprobs
+
+
+@dataclass
+class Rollout:
+    """Sampled candidates of one batch of queries.
+
+    records: the B = n_queries * K records (each query repeated K times); texts: decoded responses (B);
+    batch: model inputs over prompt + response (``input_ids``/``attention_mask`` Long[B, P+L], ``pixel_values``,
+    ``orig_image_sizes``...); response_ids Long[B, L]; response_mask Float[B, L] (1 up to and including EOS);
+    prompt_width P.
+    """
+
+    records: list
+    texts: list[str]
+    batch: dict
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    prompt_width: int
+
+
+def response_mask_from_ids(ids: torch.Tensor, eos_id: int | None) -> torch.Tensor:
+    """Float[B, L]: 1 on tokens up to and including the first EOS of each row (all ones if there is none)."""
+    if eos_id is None:
+        return torch.ones_like(ids, dtype=torch.float32)
+    is_eos = (ids == eos_id).int()
+    after = torch.cumsum(is_eos, dim=1) - is_eos  # number of EOS strictly before each position
+    return (after == 0).float()
+
+
+@torch.no_grad()
+def sample_candidates(bundle, records: list, *, k: int, temperature: float, top_p: float,
+                      max_new_tokens: int) -> Rollout:
+    """Generate ``k`` sampled responses per record with the KV cache; returns the :class:`Rollout`."""
+    from umedfast.model import collate_chat, model_inputs
+
+    model = bundle.model
+    tok = bundle.tokenizer
+    reps = [r for r in records for _ in range(k)]
+    gen = collate_chat(bundle, reps, for_generation=True)
+    was = model.training
+    model.eval()
+    try:
+        seq = model.generate(**model_inputs(gen), do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+                             max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                             suppress_tokens=[bundle.image_token_id])  # an image placeholder in a response breaks
+                                                                       # the scoring forward (features != tokens)
+    finally:
+        model.train(was)
+    p = gen["input_ids"].shape[1]
+    resp = seq[:, p:]
+    mask = response_mask_from_ids(resp, tok.eos_token_id)
+    length = int(mask.sum(1).max().item()) if resp.numel() else 0
+    length = max(length, 1)
+    if resp.shape[1] < length:  # empty generation: score one pad token, masked out below
+        resp = torch.cat([resp, resp.new_full((resp.shape[0], length - resp.shape[1]), tok.pad_token_id)], 1)
+        mask = torch.cat([mask, mask.new_zeros(mask.shape[0], length - mask.shape[1])], 1)
+    resp, mask = resp[:, :length], mask[:, :length]
+    mask = mask * (resp != bundle.image_token_id).float()  # belt and braces: never score a placeholder
+    resp = torch.where(mask.bool(), resp, torch.full_like(resp, tok.pad_token_id))
+    texts = [tok.decode(r[m.bool()].tolist(), skip_special_tokens=True).strip() for r, m in zip(resp, mask)]
+    batch = {k_: v for k_, v in gen.items() if k_ not in ("input_ids", "attention_mask", "prompt_lengths")}
+    batch["input_ids"] = torch.cat([gen["input_ids"], resp], dim=1)
+    batch["attention_mask"] = torch.cat([gen["attention_mask"], mask.to(gen["attention_mask"].dtype)], dim=1)
+    if "mm_token_type_ids" in gen:
+        batch["mm_token_type_ids"] = (batch["input_ids"] == bundle.image_token_id).long()
+    return Rollout(reps, texts, batch, resp, mask, p)
+
+
+def select_rows(batch: dict, idx: torch.Tensor, bundle) -> dict:
+    """Rows ``idx`` of a scoring batch (handles Qwen2-VL's flattened ``pixel_values``)."""
+    out = {}
+    for key, v in batch.items():
+        if key == "pixel_values" and bundle.arch != "llava":
+            thw = batch["image_grid_thw"]
+            counts = (thw[:, 0] * thw[:, 1] * thw[:, 2]).tolist()
+            starts = [0]
+            for c in counts:
+                starts.append(starts[-1] + c)
+            out[key] = torch.cat([v[starts[i]:starts[i + 1]] for i in idx.tolist()])
+        elif torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == batch["input_ids"].shape[0]:
+            out[key] = v[idx]
+        else:
+            out[key] = v
+    return out
+
+
+def policy_outputs(policy_with_value, batch: dict, response_ids: torch.Tensor, prompt_width: int,
+                   *, need_entropy: bool = False):
+    """Forward the policy (+ value head) and read the response positions.
+
+    Returns (logprobs Float[B, L] of the sampled tokens, values Float[B, L] of the state before each token,
+    entropy Float[B, L] or None). Position ``P-1+j`` predicts response token ``j``.
+    """
+    from umedfast.model import model_inputs
+
+    logits, values = policy_with_value(**model_inputs(batch))
+    length = response_ids.shape[1]
+    sl = slice(prompt_width - 1, prompt_width - 1 + length)
+    lg = logits[:, sl]
+    lp = gather_logprobs(lg, response_ids)
+    ent = entropy_from_logits(lg) if need_entropy else None
+    return lp, values[:, sl].float(), ent
+
+
+def reference_logprobs(model, batch: dict, response_ids: torch.Tensor, prompt_width: int) -> torch.Tensor:
+    """Log-probs of the sampled tokens under ``model`` (no grad): Float[B, L]."""
+    from umedfast.model import model_inputs
+
+    with torch.no_grad():
+        logits = model(**model_inputs(batch), use_cache=False).logits
+    length = response_ids.shape[1]
+    return gather_logprobs(logits[:, prompt_width - 1:prompt_width - 1 + length], response_ids)

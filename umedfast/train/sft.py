@@ -1,0 +1,135 @@
+"""Stage 1: abnormal-aware instruction tuning (SFT).
+
+Response-only cross-entropy, AdamW, linear warmup + cosine, gradient accumulation, gradient clipping, bf16 autocast
+on GPU, DDP under torchrun, atomic resumable checkpoints, and an evaluation on the held-out split at the end of every
+epoch that writes ``OUTPUT/sft/eval.json``. The final policy is saved to ``OUTPUT/sft/final`` (save_pretrained
+layout) for stage 2.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from umedfast.config import TrainConfig
+from umedfast.train.checkpoint import EpochOrder, latest_checkpoint, load_training_state, save_training_state
+from umedfast.train.common import (autocast, load_policy, load_records, resolve_device, seed_everything,
+                                   trainable, warmup_cosine)
+from umedfast.train.distributed import Dist, all_reduce_sum, barrier, wrap_ddp
+from umedfast.train.metrics import MetricsLogger, NonFiniteGuard
+
+
+def response_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over response tokens.
+
+    logits Float[B, T, V]; labels Long[B, T] with -100 outside the response. Returns (sum, number of tokens).
+    """
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    n = int((shift_labels != -100).sum())
+    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                           ignore_index=-100, reduction="sum")
+    return loss, n
+
+
+def evaluate(cfg: TrainConfig, bundle, held: list, out_path: Path, d: Dist, max_new_tokens: int) -> dict | None:
+    """Greedy generation on the held-out records and ``eval.json`` (main rank only; others wait)."""
+    metrics = None
+    if d.is_main and held:
+        from umedfast.eval.mau import evaluate_and_write
+
+        metrics = evaluate_and_write(bundle, held, out_path, batch_size=cfg.eval_batch_size,
+                                     max_new_tokens=max_new_tokens, box_format=cfg.data.box_format,
+                                     progress=cfg.progress)
+    barrier(d)
+    return metrics
+
+
+def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict:
+    """Train stage 1 and return ``{"steps", "eval", "summary"}``."""
+    from umedfast.model import collate_chat, model_inputs, save_checkpoint
+
+    s = cfg.sft
+    run_dir = Path(cfg.output_dir) / "sft"
+    device = resolve_device(cfg, d)
+    seed_everything(cfg.seed)
+    train, held = load_records(cfg, d)
+    bundle = load_policy(cfg, device)
+    model = bundle.model
+    model.train()
+    ddp = wrap_ddp(model, d, device)
+    params = trainable(model)
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    micro = s.batch_size * d.world  # global micro-batch
+    order = EpochOrder(len(train), seed=cfg.seed)
+    per_epoch = order.batches_per_epoch(micro) // s.grad_accum
+    if per_epoch == 0:
+        raise ValueError(f"{len(train)} training records cannot fill one optimizer step of "
+                         f"{micro * s.grad_accum} records (batch_size x world x grad_accum)")
+    total = per_epoch * s.epochs
+    if s.max_steps:
+        total = min(total, s.max_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, s.warmup_ratio, s.min_lr_ratio))
+    step, last_eval = 0, None
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        st = load_training_state(ckpt, model=model, optimizer=opt, scheduler=sched, order=order, d=d, device=device)
+        step = st["step"]
+        last_eval = st["extra"].get("eval")
+    log = MetricsLogger(run_dir, enabled=d.is_main)
+    guard = NonFiniteGuard()
+    bar = tqdm(total=total, initial=step, desc="sft", unit="step", disable=not (cfg.progress and d.is_main))
+    dtype = next(model.parameters()).dtype
+    while step < total:
+        batches, ids, epoch = [], [], order.epoch
+        for _ in range(s.grad_accum):
+            epoch, idx = order.next_batch(micro)
+            recs = [train[i] for i in idx]
+            ids += [r.id for r in recs]
+            batches.append(collate_chat(bundle, recs[d.rank::d.world]))
+        # normalize by the global number of response tokens of this optimizer step (DDP then averages ranks)
+        n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        n_global = float(all_reduce_sum(torch.tensor(float(n_local)), d))
+        loss_sum = torch.zeros(())
+        for j, b in enumerate(batches):
+            sync = nullcontext() if (j == len(batches) - 1 or not d.enabled) else ddp.no_sync()
+            with sync, autocast(device, dtype):
+                logits = ddp(**model_inputs(b)).logits
+                ce, _ = response_ce_sum(logits, b["labels"])
+                loss = ce * d.world / max(n_global, 1.0)
+            loss.backward()
+            loss_sum += ce.detach().cpu()
+        mean_loss = float(all_reduce_sum(loss_sum, d)) / max(n_global, 1.0)
+        if guard.ok("sft_loss", mean_loss):
+            gnorm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm) if s.max_grad_norm > 0 else None
+            if gnorm is None or guard.ok("sft_grad_norm", gnorm):
+                opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        step += 1
+        if step % cfg.log_every == 0 or step == total:
+            log.log(step, {"loss": mean_loss, "lr": sched.get_last_lr()[0], "epoch": epoch, "tokens": n_global,
+                           "ids": ids})
+        bar.update(1)
+        bar.set_postfix(loss=f"{mean_loss:.3f}", ep=epoch)
+        end_of_epoch = step % per_epoch == 0 or step == total
+        if end_of_epoch and (s.eval_every_epoch or step == total):
+            model.eval()
+            last_eval = evaluate(cfg, bundle, held, run_dir / "eval.json", d, cfg.ppo.eval_max_new_tokens) \
+                or last_eval
+            model.train()
+            if last_eval is not None:
+                log.log(step, {f"eval_{k}": v for k, v in last_eval.items() if isinstance(v, (int, float))})
+        if (s.save_every and step % s.save_every == 0) or step == total:
+            save_training_state(run_dir, step, model=model, optimizer=opt, scheduler=sched, order=order, d=d,
+                                extra={"eval": last_eval})
+    bar.close()
+    if d.is_main:
+        save_checkpoint(run_dir / "final", bundle)
+    barrier(d)
+    summary = log.summary({"steps": step, "nonfinite": guard.counts, "eval": last_eval})
+    log.close()
+    return {"steps": step, "eval": last_eval, "summary": summary, "bundle": bundle}
