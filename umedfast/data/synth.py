@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -398,7 +399,8 @@ def generate(n: int, out_dir, *, seed: int = 0, image_size: int = 224, box_forma
              progress: bool = True) -> list[MAURecord]:
     """Write ``n`` MAU-Synth images to ``out_dir/images/*.png`` and ``out_dir/mau_synth.jsonl``; return the records.
 
-    Deterministic by ``seed`` (independent of ``workers``; default: up to 2 processes for n >= 256).
+    Deterministic by ``seed`` (independent of ``workers``; default: up to 2 forked processes for n >= 256, one when
+    torch is already imported).
     ``box_format`` / ``style`` select the template writer's box format and answer style.
     """
     if n < 0 or image_size < 32:
@@ -406,7 +408,8 @@ def generate(n: int, out_dir, *, seed: int = 0, image_size: int = 224, box_forma
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     if workers is None:
-        workers = min(2, os.cpu_count() or 1) if n >= 256 else 1
+        # fork() after torch has started its thread pools can hang children: stay in-process when torch is loaded
+        workers = min(2, os.cpu_count() or 1) if n >= 256 and "torch" not in sys.modules else 1
     chunk = 64
     jobs = [(range(s, min(n, s + chunk)), seed, image_size, str(out_dir), box_format, style, normal_frac,
              two_lesion_frac) for s in range(0, n, chunk)]
