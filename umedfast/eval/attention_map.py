@@ -31,17 +31,18 @@ class PatchAttention:
 
 
 @contextlib.contextmanager
-def eager_language_model(model):
-    """Temporarily run the language model with eager attention (the only one that returns attention weights)."""
+def eager_attention(model):
+    """Temporarily run the whole model with eager attention (the only implementation that returns attention
+    weights); every sub-model's previous implementation is restored afterwards, even on error."""
     cfg = model.config
-    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    previous = text_cfg._attn_implementation
-    sub = "text_config" in getattr(cfg, "sub_configs", {})
-    model.set_attn_implementation({"text_config": "eager"} if sub else "eager")
+    subs = list(getattr(cfg, "sub_configs", {}) or {})
+    previous = {"": cfg._attn_implementation}
+    previous.update({k: getattr(cfg, k)._attn_implementation for k in subs if getattr(cfg, k, None) is not None})
+    model.set_attn_implementation("eager")
     try:
         yield
     finally:
-        model.set_attn_implementation({"text_config": previous} if sub else previous)
+        model.set_attn_implementation(previous if subs else previous[""])
 
 
 def _grid_and_extent(bundle, batch, n_img: int, orig_wh) -> tuple[int, int, int, tuple]:
@@ -117,7 +118,7 @@ def patch_attention(bundle, image, query: str, response: str, phrases: Sequence[
     was_training = model.training
     model.eval()
     try:
-        with eager_language_model(model), torch.no_grad():
+        with eager_attention(model), torch.no_grad():
             out = model(**model_inputs(batch), output_attentions=True, use_cache=False)
     finally:
         model.train(was_training)

@@ -90,13 +90,13 @@ def group_curves(rows: Sequence[dict]) -> dict[str, list[str]]:
     """Metric names per panel title, for numeric metrics present in `rows`."""
     keys = sorted({k for r in rows for k, v in r.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and not _SKIP.match(k)})
-    out: dict[str, list[str]] = {}
+    found: dict[str, list[str]] = {}
     for k in keys:
         for title, pat in CURVE_GROUPS:
             if pat.search(k):
-                out.setdefault(title, []).append(k)
+                found.setdefault(title, []).append(k)
                 break
-    return out
+    return {title: found[title] for title, _ in CURVE_GROUPS if title in found}  # panels in CURVE_GROUPS order
 
 
 def plot_training_curves(rows: Sequence[dict], path) -> Path | None:
