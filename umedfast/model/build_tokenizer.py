@@ -52,14 +52,21 @@ def _fallback_corpus(n: int = 4000, seed: int = 0) -> list[str]:
 
 
 def mau_corpus(n: int = 600, seed: int = 0) -> list[str]:
-    """Queries + responses of ``n`` MAU-Synth records (all templates/styles the data package offers)."""
+    """Queries + responses of ``n`` MAU-Synth records per (style, box format), plus every class name and synonym
+    of the real sources (so real-data labels are a few tokens each, not spelled byte by byte)."""
     from umedfast.data import synth  # noqa: PLC0415  (optional until the data package lands)
+    from umedfast.data.classes import CLASS_SYNONYMS  # noqa: PLC0415
 
     texts: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for rec in synth.generate(n, tmp, seed=seed, image_size=32):
-            texts += [rec.query, rec.response]
-            texts += [f["label"] for f in rec.findings]
+        for style in ("compact", "full"):
+            for fmt in ("norm1000", "shikra"):
+                for rec in synth.generate(n, f"{tmp}/{style}-{fmt}", seed=seed, image_size=32, style=style,
+                                          box_format=fmt, progress=False):
+                    texts += [rec.query, rec.response]
+    names = sorted({s for labels in CLASS_SYNONYMS.values() for syns in labels.values() for s in syns}
+                   | {lab for labels in CLASS_SYNONYMS.values() for lab in labels})
+    texts += names * 20  # frequent enough to earn merges
     return texts
 
 
@@ -91,7 +98,7 @@ def save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vocab-size", type=int, default=1024)
-    ap.add_argument("--records", type=int, default=600, help="MAU-Synth records to read text from")
+    ap.add_argument("--records", type=int, default=400, help="MAU-Synth records per style and box format")
     ap.add_argument("--out", type=Path, default=ASSET_DIR)
     ap.add_argument("--fallback", action="store_true", help="use the built-in phrase corpus, not umedfast.data")
     args = ap.parse_args(argv)

@@ -27,18 +27,20 @@ def _field(rec, name: str):
 
 
 def record_image(rec):
-    """PIL RGB image of a record: ``rec.image`` may be a PIL image or a path (via ``umedfast.data.load_image``)."""
+    """PIL RGB image of a record. ``rec.image`` may be a PIL image or a path; paths open through
+    ``umedfast.data.load_image`` (which windows 16-bit CT with ``rec.meta``) when the data package is present."""
     from PIL import Image  # noqa: PLC0415
 
     img = _field(rec, "image")
     if isinstance(img, Image.Image):
         return img.convert("RGB")
+    meta = (rec.get("meta") if isinstance(rec, dict) else getattr(rec, "meta", None)) or {}
     try:
         from umedfast.data import load_image  # noqa: PLC0415
     except ImportError:  # the data package is optional for the model code
         with Image.open(img) as im:
             return im.convert("RGB")
-    return load_image(rec)
+    return load_image(img, meta=meta)
 
 
 def user_messages(query: str) -> list[dict]:
