@@ -150,3 +150,26 @@ def test_bench_cli_pneumoniamnist_auc(tmp_path, capsys):
     assert m["n"] == 4 and 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["binary_acc"] <= 1.0
     rows = [json.loads(x) for x in (out / "pneumoniamnist.predictions.jsonl").read_text().splitlines()]
     assert all(0.0 <= r["score"] <= 1.0 for r in rows) and [r["label"] for r in rows] == [0, 1, 0, 1]
+
+
+def test_ablation_run_commands_resolve_in_the_training_cli(tmp_path, capsys):
+    from umedfast.cli import build_parser, resolve
+    from umedfast.eval.cli import ablation_commands
+
+    cfgs = {k: resolve(build_parser().parse_args(argv)) for k, argv in
+            ablation_commands(tmp_path, None, ["sft.epochs=1"])}
+    assert list(cfgs) == ["wo_aar", "full", "wo_vrr", "wo_alr"]  # SFT first: the PPO runs start from it
+    assert cfgs["wo_aar"].stage == "sft" and cfgs["wo_aar"].output_dir == str(tmp_path / "wo_aar")
+    sft_final = str(tmp_path / "wo_aar" / "sft" / "final")
+    assert all(cfgs[k].stage == "ppo" and cfgs[k].ppo.init_from == sft_final for k in ("full", "wo_vrr", "wo_alr"))
+    assert (cfgs["full"].ppo.w_vrr, cfgs["full"].ppo.w_alr) == (1.0, 1.0)
+    assert (cfgs["wo_vrr"].ppo.w_vrr, cfgs["wo_vrr"].ppo.w_alr) == (0.0, 1.0)
+    assert (cfgs["wo_alr"].ppo.w_vrr, cfgs["wo_alr"].ppo.w_alr) == (1.0, 0.0)
+    # with every eval.json present, --run trains nothing and prints Table 6
+    for k in cfgs:
+        d = tmp_path / k / ("sft" if k == "wo_aar" else "ppo")
+        d.mkdir(parents=True)
+        (d / "eval.json").write_text(json.dumps(_res({"nih": 0.5})))
+    assert main(["ablation", "--root", str(tmp_path), "--run"]) == 0
+    captured = capsys.readouterr()
+    assert "not retraining" in captured.err and "w/o VRR" in captured.out

@@ -4,7 +4,8 @@
                 [--generalization category|source|modality [--held-out A,B]] [--judge rubric|openai ...]
                 [--report DIR] [--out DIR]                                  -> Table 2 (and Tables 7-9 layout)
   umedfast-eval table EVAL.json|DIR ... [--names a,b] [--group source|modality|label]
-  umedfast-eval ablation --root DIR | --full DIR --wo-vrr DIR --wo-alr DIR --wo-aar DIR        -> Table 6
+  umedfast-eval ablation --root DIR [--run --config FILE key=value ...]
+                         | --full DIR --wo-vrr DIR --wo-alr DIR --wo-aar DIR                   -> Table 6
   umedfast-eval bench --checkpoint DIR --benchmark vqa_rad|slake|pmc_vqa|pneumoniamnist --root DIR
   umedfast-eval report --eval DIR [--metrics FILE.jsonl] [--checkpoint DIR] --out DIR
 """
@@ -104,7 +105,52 @@ def cmd_table(a) -> int:
     return 0
 
 
+# How each ablation run is trained (umedfast-train arguments). w/o AAR is the SFT model; the three PPO runs start
+# from its final checkpoint, so SFT is trained once.
+ABLATION_TRAIN = {
+    "wo_aar": ["--stage", "sft"],
+    "full": ["--stage", "ppo"],
+    "wo_vrr": ["--stage", "ppo", "--no-vrr"],
+    "wo_alr": ["--stage", "ppo", "--no-alr"],
+}
+
+
+def ablation_commands(root, config: str | None, overrides=()) -> list[tuple[str, list[str]]]:
+    """(run key, argv for `python -m umedfast.cli`) for the four ablation runs, SFT first."""
+    root = Path(root)
+    sft_final = root / "wo_aar" / "sft" / "final"
+    out = []
+    for key in ("wo_aar", "full", "wo_vrr", "wo_alr"):
+        argv = ([f"--config={config}"] if config else []) + ABLATION_TRAIN[key] + [f"--output-dir={root / key}"]
+        if key != "wo_aar":
+            argv.append(f"ppo.init_from={sft_final}")
+        out.append((key, argv + list(overrides)))
+    return out
+
+
+def run_ablations(root, config: str | None, overrides=()) -> None:
+    """Train the ablation runs whose eval.json is missing (umedfast-train in a subprocess each, with its progress)."""
+    import subprocess
+
+    for key, argv in ablation_commands(root, config, overrides):
+        try:
+            T.load_eval(Path(root) / key)
+            print(f"[umedfast-eval] {key}: eval.json present, not retraining", file=sys.stderr)
+            continue
+        except FileNotFoundError:
+            pass
+        cmd = [sys.executable, "-m", "umedfast.cli", *argv]
+        print(f"[umedfast-eval] training {key}: {' '.join(cmd)}", file=sys.stderr)
+        rc = subprocess.run(cmd).returncode
+        if rc != 0:
+            raise SystemExit(f"ablation run {key} failed (exit {rc}); command: {' '.join(cmd)}")
+
+
 def cmd_ablation(a) -> int:
+    if a.run:
+        if not a.root:
+            raise SystemExit("--run needs --root DIR (the runs go to DIR/full, DIR/wo_vrr, DIR/wo_alr, DIR/wo_aar)")
+        run_ablations(a.root, a.config, a.overrides)
     runs = {}
     for key, _label in T.ABLATION_ROWS:
         path = getattr(a, key) or (Path(a.root) / key if a.root else None)
@@ -204,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--root", help="directory with full/, wo_vrr/, wo_alr/, wo_aar/ run outputs")
     for key, label in T.ABLATION_ROWS:
         ab.add_argument(f"--{key.replace('_', '-')}", dest=key, help=f"output directory or eval.json of {label}")
+    ab.add_argument("--run", action="store_true", help="train the runs whose eval.json is missing first")
+    ab.add_argument("--config", help="umedfast-train YAML config for --run")
+    ab.add_argument("overrides", nargs="*", metavar="key=value", help="extra umedfast-train overrides for --run")
     ab.set_defaults(func=cmd_ablation)
 
     b = sub.add_parser("bench", help="external benchmark (VQA-RAD, SLAKE, PMC-VQA, PneumoniaMNIST)")
