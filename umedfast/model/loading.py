@@ -131,8 +131,9 @@ def load_vlm(name_or_path: str = "tiny-llava", *, dtype: torch.dtype | None = No
     model.generation_config.pad_token_id = tok.pad_token_id
     if tok.eos_token_id is not None:
         model.generation_config.eos_token_id = tok.eos_token_id
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:  # renamed "activation checkpointing" in transformers 5.x
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     bundle = VLMBundle(model=model, processor=proc, tokenizer=tok, arch=arch,
                        image_token_id=int(model.config.image_token_id), name=str(name_or_path))
@@ -141,6 +142,12 @@ def load_vlm(name_or_path: str = "tiny-llava", *, dtype: torch.dtype | None = No
     elif name_or_path not in TINY_NAMES and (Path(name_or_path) / ADAPTER_DIR / "adapter_config.json").is_file():
         _load_adapter(bundle, Path(name_or_path) / ADAPTER_DIR)  # a umedfast checkpoint trained with LoRA
     return bundle
+
+
+def is_checkpointing(model) -> bool:
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
 def lora_target_regex(s: LoraSettings) -> str:
@@ -155,7 +162,7 @@ def add_lora(bundle: VLMBundle, s: LoraSettings) -> VLMBundle:
 
     cfg = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=lora_target_regex(s),
                      modules_to_save=list(s.modules_to_save) or None, bias="none")
-    if getattr(bundle.model, "is_gradient_checkpointing", False):
+    if is_checkpointing(bundle.model):
         bundle.model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
     bundle.model = get_peft_model(bundle.model, cfg)
     return bundle
