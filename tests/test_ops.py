@@ -198,6 +198,13 @@ def test_non_contiguous_and_misaligned_inputs():
             assert_close_to_ref(ops.box_iou_pairwise(a, b[:17]), a, b[:17], giou=False, pairwise=True)
 
 
+@pytest.mark.parametrize("op", ["box_iou", "generalized_box_iou", "box_iou_pairwise"])
+def test_outputs_carry_no_gradient(op):
+    a = torch.tensor([[0.0, 0, 2, 2]], requires_grad=True)
+    out = getattr(ops, op)(a, torch.tensor([[1.0, 1, 3, 3]]))
+    assert not out.requires_grad and out.grad_fn is None
+
+
 @needs_c
 def test_large_paired_batch_crosses_parallel_chunks():
     gen = torch.Generator().manual_seed(9)

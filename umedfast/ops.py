@@ -169,21 +169,21 @@ def _fallback(op: str, a, b, paired: bool, giou: bool) -> torch.Tensor:
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Paired IoU. ``a``, ``b``: ``Tensor[N, 4]`` xyxy, same dtype and device. Returns float32 ``Tensor[N]``."""
     if _use_compiled(a, b):
-        return torch.ops.umedfast.box_iou(a, b)
+        return torch.ops.umedfast.box_iou(a.detach(), b.detach())
     return _fallback("box_iou", a, b, paired=True, giou=False)
 
 
 def box_iou_pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """All-pairs IoU. ``a``: ``Tensor[N, 4]``, ``b``: ``Tensor[M, 4]``. Returns float32 ``Tensor[N, M]``."""
     if _use_compiled(a, b):
-        return torch.ops.umedfast.box_iou_pairwise(a, b)
+        return torch.ops.umedfast.box_iou_pairwise(a.detach(), b.detach())
     return _fallback("box_iou_pairwise", a, b, paired=False, giou=False)
 
 
 def generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Paired GIoU in [-1, 1] (-1 for pairs with NaN/inf). ``a``, ``b``: ``Tensor[N, 4]``. Returns float32 ``[N]``."""
     if _use_compiled(a, b):
-        return torch.ops.umedfast.generalized_box_iou(a, b)
+        return torch.ops.umedfast.generalized_box_iou(a.detach(), b.detach())
     return _fallback("generalized_box_iou", a, b, paired=True, giou=True)
 
 
