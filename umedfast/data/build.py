@@ -24,11 +24,17 @@ def findings_to_records(findings: Iterable[Finding]) -> list[MAURecord]:
     Query and response are left empty (see ``write_records``).
     """
     by_image: dict[str, MAURecord] = {}
+    used: set[str] = set()
     for f in findings:
         rec = by_image.get(f.image_path)
         if rec is None:
             p = Path(f.image_path)
-            rid = f"{f.source}-{p.parent.name}-{p.stem}"
+            rid = base = f"{f.source}-{p.parent.name}-{p.stem}"
+            k = 1
+            while rid in used:  # same folder name and stem elsewhere in the tree
+                k += 1
+                rid = f"{base}-{k}"
+            used.add(rid)
             meta = {k: f.meta[k] for k in _KEEP_META if k in f.meta}
             rec = MAURecord(id=rid, image=f.image_path, source=f.source, modality=f.modality, findings=[], query="",
                             response="", split=f.meta.get("split") or hashed_split(rid),
