@@ -221,3 +221,14 @@ def test_unknown_source_and_root(tmp_path):
         load_source("nih", tmp_path / "nope")
     with pytest.raises(SourceFormatError, match="BBox_List_2017.csv not found"):
         load_source("nih", tmp_path)
+
+
+def test_records_group_by_image_with_unique_ids():
+    from umedfast.data import Finding
+
+    fs = [Finding("kvasir", "/a/images/x.jpg", "endoscopy", "polyp", (1, 1, 5, 5), (10, 10)),
+          Finding("kvasir", "/b/images/x.jpg", "endoscopy", "polyp", (1, 1, 5, 5), (10, 10)),
+          Finding("kvasir", "/a/images/x.jpg", "endoscopy", "polyp", (6, 6, 9, 9), (10, 10))]
+    recs = findings_to_records(fs)
+    assert [r.id for r in recs] == ["kvasir-images-x", "kvasir-images-x-2"]
+    assert len(recs[0].findings) == 2 and recs[0].split in ("train", "val", "test")
