@@ -86,7 +86,8 @@ def wrap_ddp(module: torch.nn.Module, d: Dist, device: str) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [d.local_rank] if device.startswith("cuda") else None
-    return DDP(module, device_ids=ids, find_unused_parameters=False)
+    # VLMs carry parameters a forward never touches (e.g. CLIP's post_layernorm on the unused pooled output)
+    return DDP(module, device_ids=ids, find_unused_parameters=True)
 
 
 def cleanup(d: Dist) -> None:
