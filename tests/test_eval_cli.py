@@ -71,9 +71,12 @@ def test_run_two_checkpoints_writes_eval_json_and_table(synth_data, tmp_path, ca
     save_checkpoint(ckpt, bundle)
     out = tmp_path / "out"
     rc = main(["--checkpoint", "tiny-llava", "--checkpoint", str(ckpt), "--names", "base,saved", "--data", str(jsonl),
-               "--split", "all", "--limit", "3", "--max-new-tokens", "6", "--batch-size", "2", "--out", str(out)])
+               "--split", "all", "--limit", "3", "--max-new-tokens", "6", "--batch-size", "2", "--out", str(out),
+               "--report", str(tmp_path / "report"), "--report-samples", "1"])
     assert rc == 0
     printed = capsys.readouterr().out
+    report = (tmp_path / "report" / "report.html").read_text()
+    assert report.count("<img ") == 1 and "Avg" in report and "saved" in report
     assert "Model" in printed and "Avg" in printed and "base" in printed and "saved" in printed
     ev = json.loads((out / "base" / "eval.json").read_text())
     assert {"accuracy", "mean_iou", "acc_iou50", "format_ok", "per_source", "n"} <= set(ev) and ev["n"] == 3

@@ -200,7 +200,8 @@ def cmd_report(a) -> int:
 
     evals = a.eval or []
     path = build_report(a.out, eval_dirs=evals, names=_names(evals, a.names) if evals else [],
-                        metrics_jsonl=a.metrics, checkpoint=a.checkpoint, device=a.device, n_samples=a.samples)
+                        metrics_jsonl=a.metrics, checkpoint=a.checkpoint, device=a.device, n_samples=a.samples,
+                        benchmark_files=a.bench or ())
     print(f"report: {path}")
     return 0
 
@@ -271,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--metrics", help="training metrics JSONL")
     rp.add_argument("--checkpoint", help="model for the attention heatmaps (omit to skip them)")
     rp.add_argument("--samples", type=int, default=6)
+    rp.add_argument("--bench", action="append", help="<benchmark>.json written by `bench --out`; repeatable")
     rp.add_argument("--device", default="cpu")
     rp.add_argument("--out", required=True)
     rp.set_defaults(func=cmd_report)
