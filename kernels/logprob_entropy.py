@@ -58,6 +58,8 @@ def _logits_tile(
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """fp32 logits tile [BLOCK_N, BLOCK_V] = (h[offs_n] @ W[offs_v]^T + b[offs_v]) * inv_temp."""
+    offs_n = offs_n.to(tl.int64)  # V * H passes 2**31 for large heads: 64-bit addressing
+    offs_v = offs_v.to(tl.int64)
     acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
@@ -158,6 +160,8 @@ def _lpe_bwd_kernel(
 
     if COMPUTE_DB:
         tl.atomic_add(db_ptr + offs_v, tl.sum(dz, axis=0), mask=mask_v)
+    offs_n = offs_n.to(tl.int64)
+    offs_v = offs_v.to(tl.int64)
     if UPCAST:
         dz_in = dz
     else:
@@ -223,7 +227,9 @@ def _fwd_triton(hidden, weight, bias, targets, inv_temp, chunk_size):
     n, h = hidden.shape
     v = weight.shape[0]
     cfg = _triton_config(n, v, h, chunk_size, hidden.device)
-    part = torch.empty((4, cfg["splits"], n), device=hidden.device, dtype=torch.float32)
+    part = torch.zeros((4, cfg["splits"], n), device=hidden.device, dtype=torch.float32)
+    if n == 0:
+        return _combine_splits(part[0], part[1], part[2], part[3].sum(0), targets)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), cfg["splits"])
     _lpe_fwd_kernel[grid](
         hidden, weight, bias if bias is not None else hidden, targets,
@@ -262,6 +268,8 @@ def _bwd_triton(hidden, weight, bias, targets, lse, entropy, g_lp, g_ent, inv_te
     dh = torch.zeros((n, h), **f32) if needs[0] else None
     dw = torch.zeros((v, h), **f32) if needs[1] else None
     db = torch.zeros((v,), **f32) if needs[2] else None
+    if n == 0:
+        return dh, dw, db
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(v, cfg["BLOCK_V"]))
     _lpe_bwd_kernel[grid](
         hidden, weight, bias if bias is not None else hidden, targets, lse[0], lse[1], entropy, g_lp, g_ent,

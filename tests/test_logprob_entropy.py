@@ -210,6 +210,16 @@ def test_backend_choice(monkeypatch):
     assert calls == ["_fwd_triton", "_fwd_torch"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    hidden = torch.randn(2, 0, H, requires_grad=True)
+    weight = torch.randn(300, H, requires_grad=True)
+    lp, ent = token_logprobs_entropy(hidden, weight, torch.zeros(2, 0, dtype=torch.long), backend=backend)
+    assert lp.shape == ent.shape == (2, 0)
+    (lp.sum() + ent.sum()).backward()
+    assert (weight.grad == 0).all() and hidden.grad.shape == hidden.shape
+
+
 def test_clear_errors():
     hidden, weight = torch.randn(4, H), torch.randn(100, H)
     with pytest.raises(ValueError, match="targets must be in"):
