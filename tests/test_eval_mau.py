@@ -66,9 +66,12 @@ def test_longest_mention_wins_between_overlapping_synonyms():
 
 def test_normal_images():
     r = rec("n", "nih", [])
-    s = score_samples([r] * 4, [NORMAL, NORMAL + " A small nodule is seen.", answer("a nodule", [B1]),
-                                "Detection: nothing. Localization: none. Recognition: a chest film."], synonyms=SYN)
-    assert [x["correct"] for x in s] == [True, False, False, False]
+    s = score_samples([r] * 6, [NORMAL, NORMAL + " A small nodule is seen.", answer("a nodule", [B1]),
+                                "Detection: nothing. Localization: none. Recognition: a chest film.",
+                                NORMAL.replace("not applicable", format_box(B1)),
+                                "Detection: nothing abnormal is seen. Localization: none. Recognition: -"],
+                      synonyms=SYN)
+    assert [x["correct"] for x in s] == [True, False, False, False, False, True]
     assert s[0]["iou"] is None and s[0]["format_ok"] is True  # no box is expected on a normal image
     assert says_normal("No abnormal findings.") and not says_normal("An abnormal opacity.")
     m = mau_metrics([r], [NORMAL], synonyms=SYN)

@@ -3,7 +3,7 @@
 Metric definitions (also in docs/evaluation.md):
 - accuracy: abnormal image -> the set of classes the response names equals the set of ground-truth classes (every
   class named, via the per-source synonym table, and no other class of that source named, so listing every class
-  cannot score). Normal image -> the response states there is no abnormality and names no class. Negated mentions
+  cannot score). Normal image -> the response states there is no abnormality, names no class and writes no box. Negated mentions
   ("no effusion") name nothing; generic words (lesion, abnormality) never name a wrong class (see eval/naming.py).
 - mean_iou: over abnormal images, sum of IoUs of the best one-to-one matching between parsed boxes and ground-truth
   boxes, divided by max(#predicted, #ground truth) (extra or missing boxes count as IoU 0). No box -> 0.
@@ -92,8 +92,9 @@ def score_samples(records: Sequence[Any], responses: Sequence[str], *, box_forma
         gt_labels = {canon[src].get(lab.lower(), lab) for lab, _ in tgt}
         named = namers[src].named(resp, gt_labels)
         normal = not tgt
-        correct = (not named and says_normal(resp)) if normal else (named == gt_labels)
         boxes = [tuple(b) for b in _parse(resp, box_format, _get(rec, "image_size"))]
+        # a box on a normal image localizes a finding that is not there
+        correct = (not named and not boxes and says_normal(resp)) if normal else (named == gt_labels)
         steps = {k: bool(p.search(resp)) for k, p in STEP_PATTERNS.items()}
         fmt_ok = all(steps.values()) and (normal or len(boxes) > 0)
         iou = iou50 = None

@@ -19,6 +19,7 @@ from typing import Iterable, Mapping
 _NORMAL_RE = re.compile(
     r"\b(?:no|without|absence\s+of|free\s+of|not?\s+(?:any|evident|seen|detected))\b[^.;\n]{0,40}?"
     r"\b(?:abnormalit(?:y|ies)|abnormal|lesions?|findings?|pathology|anomal(?:y|ies))\b"
+    r"|\bnothing\s+(?:abnormal|suspicious|pathologic)"
     r"|\b(?:normal|unremarkable|healthy)\b",
     re.IGNORECASE,
 )
