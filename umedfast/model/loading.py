@@ -132,8 +132,10 @@ def load_vlm(name_or_path: str = "tiny-llava", *, dtype: torch.dtype | None = No
     if tok.eos_token_id is not None:
         model.generation_config.eos_token_id = tok.eos_token_id
     if gradient_checkpointing:  # renamed "activation checkpointing" in transformers 5.x
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     bundle = VLMBundle(model=model, processor=proc, tokenizer=tok, arch=arch,
                        image_token_id=int(model.config.image_token_id), name=str(name_or_path))
