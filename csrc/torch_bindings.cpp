@@ -47,5 +47,5 @@ PYBIND11_MODULE(_C, m) {
         info["ops"] = py::make_tuple("box_iou", "box_iou_pairwise", "generalized_box_iou");
         return info;
       },
-      "How this extension was built: {'cuda': bool, 'cuda_archs': '80;90' or '', 'torch_version': str, 'ops': ...}");
+      "How this extension was built: {'cuda': bool, 'cuda_archs': '80,90' or '', 'torch_version': str, 'ops': ...}");
 }

@@ -83,3 +83,29 @@ def test_missing_pybind11_gives_a_clear_error(tmp_path):
     assert out.returncode != 0
     assert "pip install 'cmake>=3.26' ninja pybind11" in out.stderr + out.stdout
     assert "UMEDFAST_SKIP_EXT=1" in out.stderr + out.stdout
+
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("nvcc", "cmake", "ninja")), reason="nvcc/cmake/ninja missing")
+def test_cmake_cuda_configuration_targets_the_requested_archs(tmp_path):
+    """CMakeLists.txt with UMEDFAST_ENABLE_CUDA=ON configures against this torch, and the generated nvcc command
+    builds for exactly UMEDFAST_CUDA_ARCHS (the compile itself is the nvcc test above; the ATen glue needs CUDA torch)."""
+    import pybind11
+    import torch
+
+    build = tmp_path / "build"
+    configure = [
+        "cmake", "-S", str(ROOT), "-B", str(build), "-GNinja", f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+        f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+        "-DUMEDFAST_ENABLE_CUDA=ON", "-DUMEDFAST_CUDA_ARCHS=80;90", f"-DCMAKE_CUDA_COMPILER={shutil.which('nvcc')}",
+    ]
+    out = subprocess.run(configure, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "CUDA kernels ON for archs 80;90" in out.stdout
+    commands = subprocess.run(["ninja", "-C", str(build), "-t", "commands", "_C"], capture_output=True, text=True,
+                              timeout=60).stdout
+    nvcc_lines = [line for line in commands.splitlines() if "box_iou_kernels.cu" in line and "nvcc" in line]
+    assert len(nvcc_lines) == 1, commands[-3000:]
+    line = nvcc_lines[0]
+    assert "arch=compute_80,code=" in line and "arch=compute_90,code=" in line and "compute_75" not in line
+    assert '-DUMEDFAST_CUDA_ARCHS=\\"80,90\\"' in line  # one shell word: a ';' here would end the command
+    assert any("box_iou_cuda.cpp" in cmd for cmd in commands.splitlines())  # the ATen glue is part of the target
