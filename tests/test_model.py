@@ -142,3 +142,13 @@ def test_gradient_checkpointing_same_loss_and_grads():
     assert is_checkpointing(b.model)
     torch.testing.assert_close(losses[0], losses[1])
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_generation_never_samples_the_image_placeholder():
+    b = load_vlm("tiny-llava", tiny=SMALL, seed=5)
+    with torch.no_grad():
+        b.base_model.lm_head.weight[b.image_token_id] *= 0
+        b.base_model.lm_head.weight[b.image_token_id, 0] = 1e4  # make <image> by far the likeliest token
+    batch = collate_chat(b, _records(2), for_generation=True)
+    out = b.model.generate(**model_inputs(batch), max_new_tokens=4, do_sample=True)
+    assert not (out[:, batch["input_ids"].shape[1]:] == b.image_token_id).any()

@@ -126,3 +126,15 @@ def test_phrase_positions_with_a_word_piece_tokenizer():
     ft = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="[UNK]")
     ids = ft("the kidney stones is a large kidney stone", add_special_tokens=False)["input_ids"]
     assert phrase_token_positions(ft, ids, "Kidney Stone") == [1, 2, 7, 8]
+
+
+def test_mask_on_generation_batch_with_appended_response(bundle):
+    """PPO appends sampled ids to the left-padded prompt; a stray image-token id in them is not a patch."""
+    gen = _batch(bundle, for_generation=True)
+    g = GRID[bundle.name]
+    stray = torch.tensor([[5, bundle.image_token_id, 6]] * 2)
+    full = dict(gen, input_ids=torch.cat([gen["input_ids"], stray], 1),
+                attention_mask=torch.cat([gen["attention_mask"], torch.ones_like(stray)], 1))
+    mask = image_region_mask(bundle, full, [[(0.0, 0.0, 1.0, 1.0)], []])
+    assert mask[0].sum() == g * g and not mask[0, -3:].any() and not mask[1].any()
+    assert torch.equal(mask[0, :-3], gen["input_ids"][0] == bundle.image_token_id)

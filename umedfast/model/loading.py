@@ -131,6 +131,10 @@ def load_vlm(name_or_path: str = "tiny-llava", *, dtype: torch.dtype | None = No
     model.generation_config.pad_token_id = tok.pad_token_id
     if tok.eos_token_id is not None:
         model.generation_config.eos_token_id = tok.eos_token_id
+    # Never sample placeholder tokens: an image token inside a response would break the next forward
+    # ("image features and image tokens do not match"). The suppressed ids have ~0 probability after SFT.
+    placeholders = {int(model.config.image_token_id), getattr(model.config, "video_token_id", None), tok.pad_token_id}
+    model.generation_config.suppress_tokens = sorted(i for i in placeholders if i is not None and i != tok.eos_token_id)
     if gradient_checkpointing:  # renamed "activation checkpointing" in transformers 5.x
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

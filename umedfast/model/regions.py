@@ -70,9 +70,8 @@ def image_region_mask(bundle, batch: dict, boxes01: Sequence[Sequence[Box]]) -> 
         if bundle.arch == "llava":
             patch = cfg.vision_config.patch_size
             gh, gw = batch["pixel_values"].shape[-2] // patch, batch["pixel_values"].shape[-1] // patch
-            extra = len(pos) - gh * gw  # 1 with the "full" strategy (CLS first), 0 with "default"
-            if extra not in (0, 1):
-                raise ValueError(f"sample {b}: {len(pos)} image tokens for a {gh}x{gw} patch grid")
+            extra = 1 if getattr(cfg, "vision_feature_select_strategy", "default") == "full" else 0  # CLS first
+            n = gh * gw + extra
             boxes = boxes01[b]
             if "orig_image_sizes" in batch:
                 ip = bundle.processor.image_processor
@@ -83,10 +82,12 @@ def image_region_mask(bundle, batch: dict, boxes01: Sequence[Sequence[Box]]) -> 
         else:
             t, h, w = (int(v) for v in batch["image_grid_thw"][b])
             m = cfg.vision_config.spatial_merge_size
-            gh, gw = h // m, w // m
-            if len(pos) != t * gh * gw:
-                raise ValueError(f"sample {b}: {len(pos)} image tokens for grid thw=({t},{h},{w}) merge {m}")
-            cells = _cells_overlapping(boxes01[b], gh, gw).repeat(t)
+            n = t * (h // m) * (w // m)
+            cells = _cells_overlapping(boxes01[b], h // m, w // m).repeat(t)
+        # The image's tokens are the first n; an image-token id sampled inside a response is not an image patch.
+        if len(pos) < n:
+            raise ValueError(f"sample {b}: {len(pos)} image tokens, the image needs {n}")
+        pos = pos[:n]
         mask[b, pos] = cells.to(ids.device)
     return mask
 
