@@ -323,3 +323,42 @@ def test_fallback_without_extension_warns_once_and_matches():
     iou, giou, pw = eval(second)  # noqa: S307 - our own subprocess output
     assert iou == pytest.approx([1 / 7, 0.0]) and giou == pytest.approx([1 / 7 - 2 / 9, -(36 - 2) / 36])
     assert sum(pw, []) == pytest.approx([1 / 7, 0.0, 0.0, 0.0])
+
+
+# ------------------------------------------------------------------------------------- CUDA (skipped on CPU)
+needs_cuda_kernels = pytest.mark.skipif(
+    not (torch.cuda.is_available() and ops.build_info().get("cuda")), reason="no CUDA device or no CUDA kernels built")
+
+
+@pytest.mark.cuda
+@needs_cuda_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_kernels_match_cpu_and_reference(dtype):
+    gen = torch.Generator().manual_seed(21)
+    a = random_boxes(4099, gen, scale=20)
+    b = a + torch.randn(4099, 4, generator=gen, dtype=torch.float64) * 8
+    a[::101] = torch.tensor([math.nan, 0, 1, 1], dtype=torch.float64)
+    a[::53] = torch.tensor([1e30, 1e30, 3e30, 3e30], dtype=torch.float64)
+    a, b = a.to(dtype), b.to(dtype)
+    ga, gb = a.cuda(), b.cuda()
+    for op, giou in (("box_iou", False), ("generalized_box_iou", True)):
+        for x, y, cx, cy in ((ga, gb, a, b), (ga[1:], gb[1:], a[1:], b[1:]), (ga[::2], gb[::2], a[::2], b[::2])):
+            out = getattr(ops, op)(x, y)  # aligned, shifted by one box (misaligned for fp16), strided
+            assert out.is_cuda and out.dtype == torch.float32
+            torch.testing.assert_close(out.cpu(), getattr(ops, op)(cx, cy), atol=2e-6, rtol=1e-5)
+            assert_close_to_ref(out.cpu(), cx, cy, giou=giou, atol=4e-6)
+    for n, m in ((37, 1025), (1025, 37), (0, 5), (5, 0), (129, 257)):
+        pw = ops.box_iou_pairwise(ga[:n], gb[:m])
+        assert pw.shape == (n, m)
+        torch.testing.assert_close(pw.cpu(), ops.box_iou_pairwise(a[:n], b[:m]), atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.cuda
+@needs_cuda_kernels
+def test_cuda_opcheck_and_compile():
+    gen = torch.Generator().manual_seed(22)
+    a, b = random_boxes(33, gen).float().cuda(), random_boxes(33, gen).float().cuda()
+    for op in ("box_iou", "generalized_box_iou", "box_iou_pairwise"):
+        torch.library.opcheck(getattr(torch.ops.umedfast, op), (a, b))
+    compiled = torch.compile(lambda x, y: ops.box_iou(x, y) * 2, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(a, b), ops.box_iou(a, b) * 2)
