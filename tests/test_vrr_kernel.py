@@ -3,6 +3,7 @@
 Accuracy rule (flash-attention's tests): the kernel's max error against float64 is at most 2x the error of torch
 computing the same thing in the same dtype (plus a tiny absolute floor for float32).
 """
+import importlib
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -168,3 +169,56 @@ def test_random_padding_layouts_and_tiles(seed):
         o64, m64 = vrr_attention_ref(q.double(), k.double(), v.double(), region, causal=causal, key_padding_mask=pad)
         torch.testing.assert_close(out.double(), o64, atol=2e-5, rtol=0)
         torch.testing.assert_close(mass.double(), m64, atol=2e-6, rtol=0)
+
+
+_SM90_SCRIPT = r"""
+import importlib, json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+mod = importlib.import_module("umedfast.kernels.vrr_attention")  # the package name itself is the function
+
+fn = mod._vrr_attention_fwd_kernel
+sig = {n: "*bf16" for n in ("Q", "K", "V", "Out")}
+sig.update(Mass="*fp32", Pad="*u8", KeyRange="*i32", Reg="*u8", RegCnt="*i32", qk_scale="fp32")
+for n in fn.arg_names:
+    if n.startswith("stride_") or n in ("Hq", "Nq", "Nk", "NQ_BUCKET", "NK_BUCKET"):
+        sig[n] = "i32"
+cfg = mod._AUTOTUNE_CONFIGS[0]
+const = dict(GROUP=2, IS_CAUSAL=True, HAS_PAD=True, HEAD_DIM=80, BLOCK_D=128, DOT_FP32=False, IEEE=False, **cfg.kwargs)
+sig.update({k: "constexpr" for k in const})
+# what the runtime infers for 16-aligned pointers and strides (it enables the pipelined loads)
+aligned = [n for n in fn.arg_names if n in ("Q", "K", "V", "Out") or n.startswith(("stride_q", "stride_k", "stride_v",
+                                                                                    "stride_o"))]
+attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+try:
+    k = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+except RuntimeError as e:
+    if "ptxas" in str(e).lower():
+        print(json.dumps({"skip": str(e)[:300]})); sys.exit(0)
+    raise
+ptx = k.asm["ptx"]
+print(json.dumps({"wgmma": ptx.count("wgmma.mma_async"), "cp_async": ptx.count("cp.async"), "shared": k.metadata.shared}))
+"""
+
+
+def test_compiles_for_sm90_without_gpu():
+    """No GPU here: compile the kernel ahead of time for an H100 (sm_90, through the ptxas shipped with triton) so a
+    GPU-only compile error (types across branches, shared memory) fails CI. Checks tensor-core (wgmma) dots and
+    pipelined (cp.async) K/V loads for bf16 at D=80 (padded head dim), causal, GQA, key padding.
+    Runs in a subprocess: triton cannot mix interpreted and compiled kernels in one process."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run([sys.executable, "-c", _SM90_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "skip" in res:
+        pytest.skip(f"no usable ptxas in this triton install: {res['skip']}")
+    assert res["wgmma"] > 0, res
+    assert res["cp_async"] > 0, res
+    assert res["shared"] <= 228 * 1024, res
