@@ -47,7 +47,7 @@ def resolve(args) -> "TrainConfig":  # noqa: F821
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # options may follow the key=value overrides
     from umedfast.config import ConfigError, save_config
 
     try:
