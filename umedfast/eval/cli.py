@@ -169,9 +169,7 @@ def cmd_ablation(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    import tempfile
-
-    from umedfast.data.benchmarks import load_benchmark, materialize_images
+    from umedfast.data.benchmarks import load_benchmark
     from umedfast.eval.benchmarks import evaluate_benchmark
 
     kw = {"split": a.split} if a.split else {}
@@ -181,9 +179,7 @@ def cmd_bench(a) -> int:
     if not samples:
         raise SystemExit(f"no {a.benchmark} questions under {a.root}")
     bundle = load_model(a.checkpoint, a.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        materialize_images(samples, tmp)
-        metrics, rows = evaluate_benchmark(bundle, samples, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens)
+    metrics, rows = evaluate_benchmark(bundle, samples, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens)
     print(json.dumps(metrics, indent=2))
     if a.out:
         out = Path(a.out)

@@ -184,14 +184,23 @@ def for_collate(records: Sequence[Any]) -> list:
         from umedfast.data import MAURecord
     except ImportError:
         MAURecord = ()  # noqa: N806
+    from PIL import Image
+
     out = []
     for r in records:
-        if isinstance(r, MAURecord) or not isinstance(_get(r, "image"), (str, os.PathLike)):
+        img = _get(r, "image")
+        pixels = _get(r, "pixels")
+        if isinstance(r, MAURecord) or isinstance(img, Image.Image):
             out.append(r)
+            continue
+        if img is None and pixels is not None:  # in-memory benchmark images (PneumoniaMNIST)
+            pil = Image.fromarray(pixels).convert("RGB")
+        elif isinstance(img, (str, os.PathLike)):
+            with Image.open(img) as im:
+                pil = im.convert("RGB")
         else:
-            from PIL import Image
-            with Image.open(_get(r, "image")) as im:
-                out.append({"image": im.convert("RGB"), "query": _get(r, "query"), "response": _get(r, "response")})
+            raise ValueError(f"record {_get(r, 'id')!r} has no image")
+        out.append({"image": pil, "query": _get(r, "query"), "response": _get(r, "response")})
     return out
 
 
