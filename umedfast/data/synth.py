@@ -19,7 +19,8 @@ Backgrounds carry anatomy-like structure (body outline, organs, spine, ribs, muc
 texture and noise with random gain, so class and location have to be read from the pixels; class cues
 (shape, size, intensity, texture, organ) are deliberately distinct so that a tiny VLM learns them in minutes.
 Lesions span about 10-35 % of the image side. About ``normal_frac`` of the images are normal and
-``two_lesion_frac`` carry two non-overlapping lesions. Boxes are the tight box of the rendered lesion mask.
+``two_lesion_frac`` carry two non-overlapping lesions. Abnormal images are class-balanced (the first lesion's class
+is uniform over all classes; normal images are uniform over sources). Boxes are the tight box of the rendered lesion mask.
 
 Determinism: image ``i`` depends only on ``(seed, i, image_size)`` (its own generator), so any number of worker
 processes gives identical files.
@@ -219,8 +220,9 @@ def _in_ellipse_point(rng, e, frac=0.55):
 
 
 def _draw_lesion(c, rng, img, label, org):
-    """Render one lesion of class ``label`` into ``img`` in place; returns its alpha window (y0, y1, x0, x1, a)."""
-    tex = None
+    """Render one lesion of class ``label`` into ``img`` in place; returns (y0, y1, x0, x1, alpha) where alpha
+    (window-sized) defines the lesion's box."""
+    box_alpha = None
     if label == "liver lesion":
         cx, cy = _in_ellipse_point(rng, org["liver"], 0.45)
         r = rng.uniform(0.06, 0.14)
@@ -270,8 +272,10 @@ def _draw_lesion(c, rng, img, label, org):
         r = rng.uniform(0.11, 0.15)
         win = _window(c, cx, cy, r * 1.4)
         patch = c.crop(c.tex, rng, win[1] - win[0], win[3] - win[2])
-        a = _blob(c, rng, win, cx, cy, r, r * 0.8, soft=0.5) * np.clip(patch * 2.2 - 0.3, 0, 1)
-        value = 0.66
+        envelope = _blob(c, rng, win, cx, cy, r, r * 0.8, soft=0.35)
+        a = envelope * np.clip(patch * 1.8 + 0.1, 0, 1)  # patchy cloud inside a soft envelope
+        box_alpha = envelope  # the box covers the whole cloud, not only its densest patches
+        value = 0.68
     elif label == "obsolete tuberculosis":
         lx, ly, lrx, lry = org["lungs"][rng.integers(2)]
         cx, cy = lx + rng.uniform(-0.3, 0.3) * lrx, ly - lry * rng.uniform(0.1, 0.45)
@@ -305,7 +309,7 @@ def _draw_lesion(c, rng, img, label, org):
         raise ValueError(f"unknown synthetic class {label!r}")
     y0, y1, x0, x1 = win
     img[y0:y1, x0:x1] -= a * (img[y0:y1, x0:x1] - value)
-    return (*win, a)
+    return (*win, a if box_alpha is None else box_alpha)
 
 
 def _alpha_box(y0, y1, x0, x1, a, thr=0.5):
@@ -339,12 +343,17 @@ def render(i: int, *, seed: int = 0, image_size: int = 224, normal_frac: float =
     """Render image ``i``: returns (uint8 array [S,S] or [S,S,3], source, findings, split)."""
     c = _canvas(seed, image_size)
     rng = np.random.default_rng([seed, i, image_size])
-    source = sources[rng.integers(len(sources))]
     u = rng.random()
     split = "train" if u < 0.8 else ("val" if u < 0.9 else "test")
-    classes = SYNTH_CLASSES[source]
     n_les = 0 if rng.random() < normal_frac else (2 if rng.random() < two_lesion_frac else 1)
-    labels = [classes[rng.integers(len(classes))] for _ in range(n_les)]
+    if n_les == 0:  # normal image: uniform over sources
+        source = sources[rng.integers(len(sources))]
+        labels = []
+    else:  # class-balanced: the first class is uniform over all classes, its source follows
+        all_classes = [(s, k) for s in sources for k in SYNTH_CLASSES[s]]
+        source, first = all_classes[rng.integers(len(all_classes))]
+        classes = SYNTH_CLASSES[source]
+        labels = [first] + [classes[rng.integers(len(classes))] for _ in range(n_les - 1)]
     if source == "synth-deeplesion":  # one slice type per image: both lesions come from it
         slice_kind = labels[0] if labels else ("liver lesion" if rng.random() < 0.5 else "lung lesion")
         labels = [slice_kind] * n_les
