@@ -97,6 +97,15 @@ def test_head_dims(D):
     _check(q, k, v, _region("random", 1, 45), causal=True, pad=None, scale=0.3)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_long_odd_key_length(causal):
+    """Nk = 1025 (33 key blocks, a 1-key tail) with a few decode-like queries at the end, GQA and left padding."""
+    q, k, v = _inputs(2, 4, 1, 5, 1025, 32, torch.bfloat16, seed=11)
+    pad = torch.ones(2, 1025, dtype=torch.bool)
+    pad[1, :300] = False
+    _check(q, k, v, _region("span", 2, 1025), causal=causal, pad=pad)
+
+
 @pytest.mark.parametrize("blocks", [(16, 64), (64, 16)])
 def test_other_block_shapes(blocks):
     """The autotuned GPU path picks other tiles: the two-stage (unmasked / diagonal) split must hold for any of them."""
