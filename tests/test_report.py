@@ -1,6 +1,5 @@
 """HTML report: tables, training curves and per-sample box/attention figures, opened in real headless Chromium."""
 import json
-import os
 import re
 import shutil
 import subprocess
