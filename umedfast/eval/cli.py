@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--generalization", choices=("category", "source", "modality"),
                    help="evaluate on the held-out part of a generalization split (Tables 7-9)")
     r.add_argument("--held-out", help="comma-separated held-out classes / sources / modalities")
-    r.add_argument("--max-new-tokens", type=int, default=128)
+    r.add_argument("--max-new-tokens", type=int, default=192, help="full-style answers run to ~130 tokens")
     r.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     r.add_argument("--box-format", default="norm1000")
     r.add_argument("--judge", choices=("rubric", "openai"), help="also report judged accuracy")
