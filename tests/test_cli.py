@@ -1,0 +1,27 @@
+"""umedfast-train argument handling (no model is loaded on these paths)."""
+import pytest
+
+from umedfast.cli import build_parser, resolve, train_main
+
+
+def test_flags_map_to_config():
+    args = build_parser().parse_intermixed_args(
+        ["ppo.k=3", "--stage", "ppo", "--advantage", "grpo", "--no-vrr", "--no-alr", "--output-dir", "/tmp/x"])
+    cfg = resolve(args)
+    assert cfg.stage == "ppo" and cfg.ppo.advantage == "grpo" and cfg.ppo.k == 3
+    assert (cfg.ppo.w_vrr, cfg.ppo.w_alr, cfg.ppo.w_llm) == (0.0, 0.0, 1.0)
+    assert cfg.output_dir == "/tmp/x"
+    cfg = resolve(build_parser().parse_intermixed_args(["--no-relevance"]))
+    assert cfg.ppo.w_llm == 0.0 and cfg.ppo.w_alr == 1.0
+
+
+def test_unknown_key_is_an_error(tmp_path, capsys):
+    assert train_main(["--output-dir", str(tmp_path), "ppo.kk=1"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+    assert not (tmp_path / "config.yaml").exists()
+    assert train_main(["--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_bad_choice_exits():
+    with pytest.raises(SystemExit):
+        build_parser().parse_intermixed_args(["--advantage", "dpo"])
