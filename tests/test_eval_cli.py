@@ -176,3 +176,12 @@ def test_ablation_run_commands_resolve_in_the_training_cli(tmp_path, capsys):
     assert main(["ablation", "--root", str(tmp_path), "--run"]) == 0
     captured = capsys.readouterr()
     assert "not retraining" in captured.err and "w/o VRR" in captured.out
+
+
+def test_default_row_names_never_collide():
+    from umedfast.eval.cli import _names
+
+    assert _names(["runs/a/sft/final", "runs/b/sft/final", "tiny-llava", "tiny-llava"], None) == \
+        ["a-sft-final", "b-sft-final", "tiny-llava", "tiny-llava-2"]
+    with pytest.raises(SystemExit, match="names"):
+        _names(["a", "b"], "only-one")

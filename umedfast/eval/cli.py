@@ -40,7 +40,14 @@ def _names(specs, names_arg):
         if len(names) != len(specs):
             raise SystemExit(f"--names gives {len(names)} names for {len(specs)} entries")
         return names
-    return [Path(s).name or s for s in specs]
+    names, seen = [], {}
+    for s in specs:
+        n = Path(s).name or str(s)
+        if Path(s).name in ("final", "eval.json", "sft", "ppo") and Path(s).parent.name:  # runs/x/sft/final -> x-sft-final
+            n = "-".join(Path(s).parts[-3:]).removesuffix("-eval.json")
+        seen[n] = seen.get(n, 0) + 1
+        names.append(n if seen[n] == 1 else f"{n}-{seen[n]}")  # output directories must not collide
+    return names
 
 
 def _print_tables(results, group: str, columns=None, title_prefix: str = "") -> list:
@@ -58,6 +65,8 @@ def cmd_run(a) -> int:
     from umedfast.data.splits import select
     from umedfast.eval.mau import evaluate_and_write
 
+    if a.generalization and a.split == "all":
+        raise SystemExit("--generalization selects the held-out part of a split: use --split test (the default)")
     records = read_mau(a.data)
     held = [h.strip() for h in a.held_out.split(",")] if a.held_out else None
     records = select(records, a.split, a.generalization, held) if a.split != "all" else records
