@@ -5,7 +5,8 @@ for each shape:
 
 - ``umedfast_vrr``: ``kernels.vrr_attention`` -> (out, mass). On CPU it runs only under ``TRITON_INTERPRET=1``, at
   the smallest shape, and that timing measures the Python interpreter, not the kernel (reported for completeness).
-- ``sdpa``: ``F.scaled_dot_product_attention`` with the best backend torch picks (cuDNN / flash / efficient); no mass.
+- ``sdpa``: ``F.scaled_dot_product_attention`` with the backend torch picks; ``sdpa_cudnn`` / ``sdpa_flash`` pin the
+  cuDNN / flash backends (CUDA only) so the fastest SDPA backend is on the table; no mass.
 - ``eager_mass``: what HF ``eager`` + ``output_attentions`` costs: materialized scores, fp32 softmax, P @ V, then the
   masked row sum of P over region keys.
 - ``flash_attn``: ``flash_attn_func`` when the optional flash-attn package is installed (no mass).
@@ -37,7 +38,7 @@ CPU_SHAPES = [
     (1, 4, 4, 128, 32, True),
     (2, 8, 8, 512, 64, True),
 ]
-PROVIDERS = ["umedfast_vrr", "sdpa", "eager_mass", "flash_attn"]
+PROVIDERS = ["umedfast_vrr", "sdpa", "sdpa_cudnn", "sdpa_flash", "eager_mass", "flash_attn"]
 
 
 def _cpu_name():
@@ -83,6 +84,22 @@ def _provider_fn(provider, q, k, v, region, causal):
     if provider == "sdpa":
         gqa = q.shape[1] != k.shape[1]
         return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+    if provider in ("sdpa_cudnn", "sdpa_flash"):
+        if not q.is_cuda:
+            pytest.skip("backend-pinned SDPA is measured on CUDA only")
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = SDPBackend.CUDNN_ATTENTION if provider == "sdpa_cudnn" else SDPBackend.FLASH_ATTENTION
+
+        def pinned():
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+        try:
+            pinned()
+        except RuntimeError as e:
+            pytest.skip(f"{provider} unavailable here: {e}")
+        return pinned
     if provider == "eager_mass":
         return lambda: _eager_mass(q, k, v, region, causal)
     if provider == "flash_attn":

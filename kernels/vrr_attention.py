@@ -126,7 +126,8 @@ def _vrr_attention_fwd_kernel(
         q_mask = m_valid[:, None]
     else:
         q_mask = m_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :], mask=q_mask, other=0.0)
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=q_mask, other=0.0)
     if DOT_FP32:
         q = q.to(tl.float32)
 

@@ -38,7 +38,8 @@ def _tiny_qwen2_vl():
     cfg = Qwen2VLConfig(
         text_config=dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=1, eos_token_id=2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+                         bos_token_id=1, eos_token_id=2,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
         vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=2,
                            spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
         image_token_id=IMG, vision_start_token_id=121, vision_end_token_id=122, video_token_id=123,

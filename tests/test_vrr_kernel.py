@@ -122,7 +122,7 @@ def test_other_block_shapes(blocks):
 
 
 def test_strided_inputs_and_out_view():
-    """HF hands [B,N,H,D] buffers transposed to [B,H,N,D]; the output may be written straight into a [B,N,H,D] buffer."""
+    """HF hands [B,N,H,D] buffers transposed to [B,H,N,D]; the output may go straight into a [B,N,H,D] buffer."""
     B, N, H, D = 2, 37, 4, 32
     g = torch.Generator().manual_seed(5)
     q = torch.randn(B, N, H, D, generator=g).transpose(1, 2)
@@ -208,7 +208,8 @@ except RuntimeError as e:
         print(json.dumps({"skip": str(e)[:300]})); sys.exit(0)
     raise
 ptx = k.asm["ptx"]
-print(json.dumps({"wgmma": ptx.count("wgmma.mma_async"), "cp_async": ptx.count("cp.async"), "shared": k.metadata.shared}))
+res = {"wgmma": ptx.count("wgmma.mma_async"), "cp_async": ptx.count("cp.async"), "shared": k.metadata.shared}
+print(json.dumps(res))
 """
 
 

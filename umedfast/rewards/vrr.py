@@ -69,7 +69,9 @@ def vrr_key_padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=
     if attention_mask is None:
         return None
     if attention_mask.dim() != 2:
-        raise ValueError(f"{ATTN_IMPLEMENTATION!r} expects a 2-D attention_mask [B, T]; got {tuple(attention_mask.shape)}")
+        raise ValueError(
+            f"{ATTN_IMPLEMENTATION!r} expects a 2-D attention_mask [B, T]; got {tuple(attention_mask.shape)}"
+        )
     padding = prepare_padding_mask(attention_mask.bool(), kv_length, kv_offset)
     return padding[:, kv_offset: kv_offset + kv_length]
 
@@ -82,13 +84,15 @@ def vrr_attention_forward(module, query, key, value, attention_mask, scaling=Non
     this layer's per-sample class-token region mass to the running VRR.
     """
     if dropout:
-        raise ValueError(f"{ATTN_IMPLEMENTATION!r} is forward-only scoring: attention dropout must be 0 (call model.eval())")
+        raise ValueError(
+            f"{ATTN_IMPLEMENTATION!r} is forward-only scoring: attention dropout must be 0 (call model.eval())"
+        )
     if kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None:
         raise NotImplementedError(f"{ATTN_IMPLEMENTATION!r} supports neither softcap nor sliding-window attention")
     if attention_mask is not None and attention_mask.dim() != 2:
         raise ValueError(
-            f"{ATTN_IMPLEMENTATION!r} got a {attention_mask.dim()}-D mask; it expects the [B, T] key padding mask built by "
-            "its own mask function (the model built its mask with another attention implementation)"
+            f"{ATTN_IMPLEMENTATION!r} got a {attention_mask.dim()}-D mask; it expects the [B, T] key padding mask "
+            "built by its own mask function (the model built its mask with another attention implementation)"
         )
     if value.shape[-1] != query.shape[-1]:
         raise NotImplementedError(f"{ATTN_IMPLEMENTATION!r} needs equal q/v head dims")
@@ -168,13 +172,7 @@ def vrr_forward(model, batch: dict, region_mask: torch.Tensor, class_mask: torch
         if m.dtype != torch.bool or tuple(m.shape) != (B, T):
             raise ValueError(f"{name} must be bool [B, T] = [{B}, {T}]; got {m.dtype} {tuple(m.shape)}")
     n_layers = _text_config(model).num_hidden_layers
-    if layers is None:
-        chosen = frozenset(range(n_layers))
-    else:
-        chosen = frozenset(int(i) % n_layers if -n_layers <= int(i) < n_layers else _bad_layer(i, n_layers)
-                           for i in layers)
-        if not chosen:
-            raise ValueError("layers must name at least one layer (or be None for all)")
+    chosen = frozenset(range(n_layers)) if layers is None else _normalize_layers(layers, n_layers)
     device = input_ids.device
     state = _VRRState(
         region_mask=region_mask.to(device).contiguous(),
@@ -193,11 +191,20 @@ def vrr_forward(model, batch: dict, region_mask: torch.Tensor, class_mask: torch
         _set_lm_attn(model, previous)
     if state.seen != set(chosen):
         raise RuntimeError(
-            f"VRR collected layers {sorted(state.seen)} but expected {sorted(chosen)}: the language model did not route "
-            f"its attention through {ATTN_IMPLEMENTATION!r}"
+            f"VRR collected layers {sorted(state.seen)} but expected {sorted(chosen)}: the language model did not "
+            f"route its attention through {ATTN_IMPLEMENTATION!r}"
         )
     return outputs, state.total / len(chosen)
 
 
-def _bad_layer(i, n_layers):
-    raise ValueError(f"layer index {i} out of range for a language model with {n_layers} layers")
+def _normalize_layers(layers, n_layers: int) -> frozenset:
+    """LM layer indices (negative counts from the end) -> frozenset of indices in [0, n_layers)."""
+    chosen = set()
+    for i in layers:
+        i = int(i)
+        if not -n_layers <= i < n_layers:
+            raise ValueError(f"layer index {i} out of range for a language model with {n_layers} layers")
+        chosen.add(i % n_layers)
+    if not chosen:
+        raise ValueError("layers must name at least one layer (or be None for all)")
+    return frozenset(chosen)
