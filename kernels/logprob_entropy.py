@@ -291,25 +291,31 @@ def _bwd_triton(hidden, weight, bias, targets, lse, entropy, g_lp, g_ent, inv_te
 _TORCH_CHUNK = 4096
 
 
-def _chunk_logits(hf, weight, bias, v0, v1, inv_temp):
-    z = hf @ weight[v0:v1].float().T  # [N, C] fp32
-    if bias is not None:
-        z += bias[v0:v1].float()
-    return z.mul_(inv_temp)
+def _scaled_inputs(hidden, bias, inv_temp):
+    """Fold 1/temperature into hidden and bias once (fp32), so each chunk's logits come from one addmm."""
+    hs = hidden.float() * inv_temp if inv_temp != 1.0 else hidden.float()
+    bs = bias.float() * inv_temp if bias is not None else None
+    return hs, bs
+
+
+def _chunk_logits(hs, weight, bs, v0, v1):
+    """Float32[N, C] logits of vocabulary rows [v0, v1), temperature already folded into hs / bs."""
+    wc = weight[v0:v1].float().T
+    return torch.addmm(bs[v0:v1], hs, wc) if bs is not None else hs @ wc
 
 
 def _fwd_torch(hidden, weight, bias, targets, inv_temp, chunk_size):
     n = hidden.shape[0]
     v = weight.shape[0]
     chunk = chunk_size or _TORCH_CHUNK
-    hf = hidden.float()
+    hs, bs = _scaled_inputs(hidden, bias, inv_temp)
     m = torch.full((n,), float("-inf"), device=hidden.device)
     s = torch.zeros(n, device=hidden.device)
     t = torch.zeros(n, device=hidden.device)
     zt = torch.zeros(n, device=hidden.device)
     for v0 in range(0, v, chunk):
         v1 = min(v, v0 + chunk)
-        z = _chunk_logits(hf, weight, bias, v0, v1, inv_temp)
+        z = _chunk_logits(hs, weight, bs, v0, v1)
         m_new = torch.maximum(m, z.max(1).values)
         alpha = torch.exp(m - m_new)
         shift = torch.where(s > 0, m - m_new, torch.zeros_like(m))
@@ -318,7 +324,8 @@ def _fwd_torch(hidden, weight, bias, targets, inv_temp, chunk_size):
         zt = torch.where(inside, picked, zt)
         z -= m_new[:, None]  # z - m_new, in place
         p = torch.exp(z)
-        t = alpha * (t + shift * s) + (p * z).sum(1)
+        pz = torch.bmm(p[:, None, :], z[:, :, None]).view(n)  # row-wise dot, no [N, C] product tensor
+        t = alpha * (t + shift * s) + pz
         s = alpha * s + p.sum(1)
         m = m_new
         del z, p
@@ -329,30 +336,33 @@ def _bwd_torch(hidden, weight, bias, targets, lse, entropy, g_lp, g_ent, inv_tem
     n, h = hidden.shape
     v = weight.shape[0]
     chunk = chunk_size or _TORCH_CHUNK
-    hf = hidden.float()
+    hs, bs = _scaled_inputs(hidden, bias, inv_temp)
     valid = targets != IGNORE_INDEX
-    g_lp = torch.where(valid, g_lp, torch.zeros_like(g_lp))[:, None]
-    g_ent = torch.where(valid, g_ent, torch.zeros_like(g_ent))[:, None]
+    g_lp = torch.where(valid, g_lp, torch.zeros_like(g_lp))
+    g_ent = torch.where(valid, g_ent, torch.zeros_like(g_ent))
+    # d loss / d z = p (a log p + b) + g_lp 1[j = y], a = -g_ent, b = -(g_ent H + g_lp): row constants
+    a = (-g_ent)[:, None]
+    b = (-(g_ent * entropy + g_lp))[:, None]
     dh = torch.zeros((n, h), device=hidden.device) if needs[0] else None
-    dw = torch.empty((v, h), device=hidden.device) if needs[1] else None
-    db = torch.empty((v,), device=hidden.device) if needs[2] else None
+    # each chunk of dW / db is written once, so they go straight into the parameter's dtype (no fp32 [V, H] copy)
+    dw = torch.empty((v, h), device=hidden.device, dtype=weight.dtype) if needs[1] else None
+    db = torch.empty((v,), device=hidden.device, dtype=bias.dtype) if needs[2] else None
     for v0 in range(0, v, chunk):
         v1 = min(v, v0 + chunk)
-        zl = _chunk_logits(hf, weight, bias, v0, v1, inv_temp).sub_(lse[0][:, None]).sub_(lse[1][:, None])  # log p
+        zl = _chunk_logits(hs, weight, bs, v0, v1).sub_(lse[0][:, None]).sub_(lse[1][:, None])  # log p
         p = torch.exp(zl)
-        # dz = g_lp (onehot - p) - g_ent p (log p + H), built in place to keep one [N, C] live besides p
-        dz = zl.add_(entropy[:, None]).mul_(g_ent).add_(g_lp).mul_(p).neg_()
+        dz = zl.mul_(a).add_(b).mul_(p)  # in place: one [N, C] live besides p
         del p
         inside = valid & (targets >= v0) & (targets < v1)
         rows = inside.nonzero().squeeze(1)
-        dz[rows, targets[rows] - v0] += g_lp[rows, 0]
-        dz.mul_(inv_temp)
+        dz[rows, targets[rows] - v0] += g_lp[rows]
+        # z = (h W^T + b) / T: dh = (dz @ W) / T, dW = dz^T @ (h / T) = dz^T @ hs, db = sum(dz) / T
         if dh is not None:
-            dh.addmm_(dz, weight[v0:v1].float())
+            dh.addmm_(dz, weight[v0:v1].float(), alpha=inv_temp)
         if dw is not None:
-            dw[v0:v1] = dz.T @ hf
+            dw[v0:v1] = dz.T @ hs
         if db is not None:
-            db[v0:v1] = dz.sum(0)
+            db[v0:v1] = dz.sum(0) * inv_temp
         del dz
     return dh, dw, db
 
