@@ -107,6 +107,9 @@ def test_missing_step_fails_format():
     r = rec("a", "nih", [("Nodule", B1)])
     s = score_samples([r], [f"It is a nodule at {format_box(B1)}."], synonyms=SYN)
     assert s[0]["format_ok"] is False and s[0]["correct"] is True
+    flat = answer("nodule").replace("none", "[25,4,32,4]")  # parses, but has zero area
+    s = score_samples([r], [flat], synonyms=SYN)
+    assert s[0]["pred_boxes"] and s[0]["format_ok"] is False and s[0]["iou"] == 0.0
 
 
 def test_per_source_and_macro():

@@ -9,7 +9,7 @@ Metric definitions (also in docs/evaluation.md):
   boxes, divided by max(#predicted, #ground truth) (extra or missing boxes count as IoU 0). No box -> 0.
 - acc_iou50: fraction of abnormal images whose image IoU (as above) is >= 0.5.
 - format_ok: the three steps (detection, localization, recognition) are present and, when the image is abnormal,
-  at least one box parses in the configured box format.
+  at least one box with positive area parses in the configured box format.
 Top-level numbers are averaged over images (micro); "macro_accuracy" etc. average the per-source values like the
 paper's "Avg" column.
 """
@@ -96,7 +96,8 @@ def score_samples(records: Sequence[Any], responses: Sequence[str], *, box_forma
         # a box on a normal image localizes a finding that is not there
         correct = (not named and not boxes and says_normal(resp)) if normal else (named == gt_labels)
         steps = {k: bool(p.search(resp)) for k, p in STEP_PATTERNS.items()}
-        fmt_ok = all(steps.values()) and (normal or len(boxes) > 0)
+        has_box = any(b[2] > b[0] and b[3] > b[1] for b in boxes)  # a zero-area box is not a box
+        fmt_ok = all(steps.values()) and (normal or has_box)
         iou = iou50 = None
         if not normal:
             gt_boxes = [b for _, b in tgt]
