@@ -107,6 +107,17 @@ class CMakeBuild(build_ext):
         if not out_path.exists():
             raise RuntimeError(f"umedfast: CMake finished but {out_path} was not produced")
 
+    def copy_file(self, infile, outfile, *args, **kwargs):
+        """Editable installs copy _C*.so into umedfast/: write a temp file and rename it over the old one, so
+        processes that have the old library mapped keep a valid file (an in-place rewrite can crash them)."""
+        outfile = str(outfile)
+        if os.path.isdir(outfile):
+            outfile = os.path.join(outfile, os.path.basename(str(infile)))
+        tmp = f"{outfile}.tmp-{os.getpid()}"
+        shutil.copy2(infile, tmp)
+        os.replace(tmp, outfile)
+        return outfile, 1
+
 
 if __name__ == "__main__":  # pip's build backend runs this file as __main__; tests import the helpers above
     packages = find_packages(include=["umedfast", "umedfast.*"]) + ["umedfast.kernels"]
