@@ -59,11 +59,15 @@ def sample_candidates(bundle, records: list, *, k: int, temperature: float, top_
                                                                        # the scoring forward (features != tokens)
     finally:
         model.train(was)
+    return _assemble(bundle, reps, gen, seq[:, gen["input_ids"].shape[1]:])
+
+
+def _assemble(bundle, reps: list, gen: dict, resp: torch.Tensor) -> Rollout:
+    """Join the left-padded prompts ``gen`` with response ids ``resp`` Long[B, L'] into a :class:`Rollout`."""
+    tok = bundle.tokenizer
     p = gen["input_ids"].shape[1]
-    resp = seq[:, p:]
     mask = response_mask_from_ids(resp, tok.eos_token_id)
-    length = int(mask.sum(1).max().item()) if resp.numel() else 0
-    length = max(length, 1)
+    length = max(int(mask.sum(1).max().item()) if resp.numel() else 0, 1)
     if resp.shape[1] < length:  # empty generation: score one pad token, masked out below
         resp = torch.cat([resp, resp.new_full((resp.shape[0], length - resp.shape[1]), tok.pad_token_id)], 1)
         mask = torch.cat([mask, mask.new_zeros(mask.shape[0], length - mask.shape[1])], 1)
@@ -77,6 +81,20 @@ def sample_candidates(bundle, records: list, *, k: int, temperature: float, top_
     if "mm_token_type_ids" in gen:
         batch["mm_token_type_ids"] = (batch["input_ids"] == bundle.image_token_id).long()
     return Rollout(reps, texts, batch, resp, mask, p)
+
+
+def rollout_from_texts(bundle, records: list, texts: list[str]) -> Rollout:
+    """A :class:`Rollout` for given responses (one per record, already query-major), e.g. to score references."""
+    from umedfast.model import collate_chat
+
+    tok = bundle.tokenizer
+    gen = collate_chat(bundle, records, for_generation=True)
+    rows = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
+    L = max(len(r) for r in rows)
+    resp = torch.full((len(rows), L), tok.pad_token_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        resp[i, :len(r)] = torch.tensor(r)
+    return _assemble(bundle, list(records), gen, resp.to(gen["input_ids"].device))
 
 
 def select_rows(batch: dict, idx: torch.Tensor, bundle) -> dict:
