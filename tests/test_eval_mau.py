@@ -159,7 +159,8 @@ def test_negation_and_generic_words():
                       [answer("a liver lesion; an abnormality is detected", [B1]),
                        answer("an abnormality", [B1]),
                        answer("a lesion", [B1]),
-                       "Detection: no kidney stone is seen, the study is normal. Localization: none. Recognition: none.",
+                       "Detection: no kidney stone is seen, the study is normal. Localization: none. "
+                       "Recognition: none.",
                        "Detection: normal kidneys but a stone in the left ureter. Localization: none. Recognition: -"],
                       synonyms=tbl)
     assert [x["correct"] for x in s] == [True, False, True, True, False]

@@ -34,6 +34,9 @@ def test_training_curves_groups(tmp_path):
     g = group_curves(rows)
     assert g["Rewards"] == ["reward/alr", "reward/llm", "reward/vrr"]
     assert g["KL"] == ["kl"] and g["IoU"] == ["iou"] and g["Value loss"] == ["value_loss"]
+    assert group_curves([{"step": 1, "eval_accuracy": 0.5, "eval_mean_iou": 0.1, "eval_n": 21, "tokens": 300}]) == \
+        {"Held-out eval": ["eval_accuracy", "eval_mean_iou"]}
+    assert list(g) == ["Rewards", "KL", "IoU", "Value loss", "Policy / SFT loss"]
     assert "time_s" not in sum(g.values(), [])
     png = plot_training_curves(rows, tmp_path / "c.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -94,9 +97,12 @@ def test_report_renders_in_headless_chromium(synth_records, tmp_path):
     from umedfast.model import load_vlm
 
     recs = synth_records
-    # "model" answers: gold for half, a shifted box and a wrong class for the others, so both verdicts appear
-    responses = [r.response if i % 2 == 0 else r.response.replace("[", "[1").replace("Recognition", "Recognition: mass")
+    # "model" answers: gold for even records; odd ones call an abnormal image normal / draw a box on a normal one
+    wrong_normal = "Detection: no abnormality. Localization: none. Recognition: normal."
+    wrong_abnormal = "Detection: one abnormal region. Localization: [100,100,500,500]. Recognition: polyp."
+    responses = [r.response if i % 2 == 0 else (wrong_normal if r.findings else wrong_abnormal)
                  for i, r in enumerate(recs)]
+    assert any(r.findings for r in recs[1::2]) and any(r.findings for r in recs[0::2])
     evaluate_and_write(None, recs, tmp_path / "ev" / "eval.json", responses=responses)
     _metrics_jsonl(tmp_path / "metrics.jsonl")
     out = tmp_path / "report"

@@ -43,7 +43,8 @@ def _names(specs, names_arg):
     names, seen = [], {}
     for s in specs:
         n = Path(s).name or str(s)
-        if Path(s).name in ("final", "eval.json", "sft", "ppo") and Path(s).parent.name:  # runs/x/sft/final -> x-sft-final
+        # runs/x/sft/final -> x-sft-final
+        if Path(s).name in ("final", "eval.json", "sft", "ppo") and Path(s).parent.name:
             n = "-".join(Path(s).parts[-3:]).removesuffix("-eval.json")
         seen[n] = seen.get(n, 0) + 1
         names.append(n if seen[n] == 1 else f"{n}-{seen[n]}")  # output directories must not collide

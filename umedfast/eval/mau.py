@@ -3,8 +3,9 @@
 Metric definitions (also in docs/evaluation.md):
 - accuracy: abnormal image -> the set of classes the response names equals the set of ground-truth classes (every
   class named, via the per-source synonym table, and no other class of that source named, so listing every class
-  cannot score). Normal image -> the response states there is no abnormality, names no class and writes no box. Negated mentions
-  ("no effusion") name nothing; generic words (lesion, abnormality) never name a wrong class (see eval/naming.py).
+  cannot score). Normal image -> the response states there is no abnormality, names no class and writes no box.
+  Negated mentions ("no effusion") name nothing; generic words (lesion, abnormality) never name a wrong class
+  (see eval/naming.py).
 - mean_iou: over abnormal images, sum of IoUs of the best one-to-one matching between parsed boxes and ground-truth
   boxes, divided by max(#predicted, #ground truth) (extra or missing boxes count as IoU 0). No box -> 0.
 - acc_iou50: fraction of abnormal images whose image IoU (as above) is >= 0.5.

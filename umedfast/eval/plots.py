@@ -77,13 +77,15 @@ def read_metrics_jsonl(path) -> list[dict]:
 
 # Panels of the training-curve figure: title -> regex on metric names (first match wins).
 CURVE_GROUPS = (
+    ("Held-out eval", re.compile(r"^eval[_/](?!n$|n_)", re.I)),
     ("Rewards", re.compile(r"(^|/|_)(reward|rew|r_llm|r_alr|r_vrr|alr|vrr|judge|relevance)", re.I)),
     ("KL", re.compile(r"(^|/|_)kl", re.I)),
     ("IoU", re.compile(r"iou", re.I)),
     ("Value loss", re.compile(r"(value|vf|critic).*loss|loss.*(value|vf|critic)", re.I)),
     ("Policy / SFT loss", re.compile(r"loss", re.I)),
 )
-_SKIP = re.compile(r"^(step|time_s|epoch|lr|learning_rate|tokens?_per_s.*|samples_per_s.*|.*_count|n_.*)$", re.I)
+_SKIP = re.compile(r"^(step|time_s|epoch|lr|learning_rate|tokens?|tokens?_per_s.*|samples_per_s.*|.*_count|n_.*|"
+                   r"eval_n|eval_n_.*)$", re.I)
 
 
 def group_curves(rows: Sequence[dict]) -> dict[str, list[str]]:

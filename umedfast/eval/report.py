@@ -80,12 +80,16 @@ def _sample_figures(rows, out_dir: Path, bundle) -> list[tuple[dict, Path, str]]
             from umedfast.eval.attention_map import patch_attention
             labels = list(dict.fromkeys(list(r.get("named") or []) + list(r.get("gt_labels") or [])))
             phrases = labels + [s for lab in labels for s in CLASS_SYNONYMS.get(r["source"], {}).get(lab, [])]
+            # a class of another source ("mass" on a TB film) is still the class the answer commits to
+            text = (r.get("response") or "").lower()
+            phrases += [lab for table in CLASS_SYNONYMS.values() for lab in table
+                        if re.search(rf"(?<![a-z0-9]){re.escape(lab.lower())}(?![a-z0-9])", text)]
             pa = patch_attention(bundle, img, r.get("query") or "", r.get("response") or "", phrases)
             heat, extent = pa.heat, pa.extent01
             note = ("attention of the class-name tokens over image patches" if pa.class_tokens else
                     "no class name in the answer: attention of all answer tokens")
         iou = r.get("iou")
-        title = f"{r['source']} | {r.get('id')} | IoU {iou:.2f}" if iou is not None else f"{r['source']} | {r.get('id')}"
+        title = f"{r['source']} | {r.get('id')}" + (f" | IoU {iou:.2f}" if iou is not None else "")
         png = plot_sample(img, r.get("gt_boxes") or [], r.get("pred_boxes") or [],
                           out_dir / f"sample_{_safe_name(r.get('id'))}.png", heat=heat, extent01=extent, title=title,
                           heat_title="class-token attention" if heat is not None else "")
