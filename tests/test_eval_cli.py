@@ -185,3 +185,11 @@ def test_default_row_names_never_collide():
         ["a-sft-final", "b-sft-final", "tiny-llava", "tiny-llava-2"]
     with pytest.raises(SystemExit, match="names"):
         _names(["a", "b"], "only-one")
+
+
+def test_bad_paths_give_one_line_errors(tmp_path, capsys):
+    assert main(["table", str(tmp_path / "missing.json")]) == 2
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["table", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.json" in err and "bad.json" in err and "Traceback" not in err

@@ -293,7 +293,13 @@ def main(argv=None) -> int:
     if not getattr(a, "func", None):
         build_parser().print_help()
         return 2
-    return a.func(a)
+    from umedfast.data.benchmarks import BenchmarkFormatError
+
+    try:
+        return a.func(a)
+    except (FileNotFoundError, T.EvalFileError, BenchmarkFormatError) as e:  # bad input: one line, no traceback
+        print(f"umedfast-eval: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

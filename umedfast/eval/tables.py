@@ -39,6 +39,10 @@ class Table:
         return {"title": self.title, "header": self.header, "rows": self.rows}
 
 
+class EvalFileError(ValueError):
+    """An eval.json that cannot be read or parsed (the message names the file)."""
+
+
 def load_eval(path) -> dict:
     """Read an eval.json; a directory is searched for eval.json, then ppo/eval.json, then sft/eval.json."""
     p = Path(path)
@@ -49,10 +53,12 @@ def load_eval(path) -> dict:
                 break
         else:
             raise FileNotFoundError(f"no eval.json in {path} (looked for eval.json, ppo/, all/, sft/)")
+    elif not p.is_file():
+        raise FileNotFoundError(f"{path}: no such eval.json or output directory")
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read eval results {p}: {e}") from None
+        raise EvalFileError(f"cannot read eval results {p}: {e}") from None
 
 
 def _column_order(keys: set[str]) -> list[str]:
