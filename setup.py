@@ -49,6 +49,16 @@ def _normalize_archs(archs: str) -> str:
     return ";".join(p for p in parts if p)
 
 
+def _torch_arch_list(archs: str) -> str:
+    """'80;90a' -> '8.0;9.0a' (TORCH_CUDA_ARCH_LIST syntax)."""
+    out = []
+    for arch in archs.split(";"):
+        digits = arch.rstrip("abcdefghijklmnopqrstuvwxyz")
+        if len(digits) >= 2 and digits.isdigit():
+            out.append(f"{digits[:-1]}.{digits[-1]}{arch[len(digits):]}")
+    return ";".join(out)
+
+
 def _cuda_decision(torch) -> tuple[bool, str]:
     if os.environ.get("UMEDFAST_SKIP_CUDA", "0") == "1":
         return False, "UMEDFAST_SKIP_CUDA=1"
@@ -87,7 +97,7 @@ class CMakeBuild(build_ext):
         print(f"umedfast: CUDA kernels {'ON' if with_cuda else 'OFF'} ({why})", flush=True)
         if with_cuda:
             # torch's cmake reads TORCH_CUDA_ARCH_LIST; keep it consistent (CMakeLists strips its -gencode flags).
-            os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a[:-1]}.{a[-1]}" for a in archs.split(";") if a.isdigit())
+            os.environ["TORCH_CUDA_ARCH_LIST"] = _torch_arch_list(archs)
 
         args = [
             f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",

@@ -50,6 +50,7 @@ def test_cuda_arch_list_normalization():
     assert setup_mod._normalize_archs("80;90") == "80;90"
     assert setup_mod._normalize_archs("8.0;9.0") == "80;90"
     assert setup_mod._normalize_archs(" 8.6, 9.0a ") == "86;90a"
+    assert setup_mod._torch_arch_list("80;90a;100") == "8.0;9.0a;10.0"
 
 
 def test_cuda_decision(monkeypatch, tmp_path):
