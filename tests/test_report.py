@@ -37,6 +37,14 @@ def test_training_curves_groups(tmp_path):
     assert group_curves([{"step": 1, "eval_accuracy": 0.5, "eval_mean_iou": 0.1, "eval_n": 21, "tokens": 300}]) == \
         {"Held-out eval": ["eval_accuracy", "eval_mean_iou"]}
     assert list(g) == ["Rewards", "KL", "IoU", "Value loss", "Policy / SFT loss"]
+    # the keys umedfast.train.ppo logs
+    ppo = {"step": 3, "reward": 0.6, "r_llm": 0.4, "alr": 0.1, "iou": 0.1, "vrr": 0.01, "format_ok": 0.4,
+           "class_written": 0.1, "kl": 0.004, "resp_len": 27.0, "lr": 2e-5, "epoch": 0.0, "pg_loss": -0.003,
+           "vf_loss": 0.07, "clip_frac": 0.0, "entropy": 1.4}
+    assert group_curves([ppo]) == {"Rewards": ["alr", "r_llm", "reward", "vrr"], "KL": ["kl"], "IoU": ["iou"],
+                                   "Value loss": ["vf_loss"], "Policy / SFT loss": ["pg_loss"],
+                                   "Rollout quality": ["class_written", "format_ok"],
+                                   "Policy stats": ["clip_frac", "entropy"], "Response length": ["resp_len"]}
     assert "time_s" not in sum(g.values(), [])
     png = plot_training_curves(rows, tmp_path / "c.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

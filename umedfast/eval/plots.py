@@ -83,6 +83,9 @@ CURVE_GROUPS = (
     ("IoU", re.compile(r"iou", re.I)),
     ("Value loss", re.compile(r"(value|vf|critic).*loss|loss.*(value|vf|critic)", re.I)),
     ("Policy / SFT loss", re.compile(r"loss", re.I)),
+    ("Rollout quality", re.compile(r"format|class_written|correct|accuracy", re.I)),
+    ("Policy stats", re.compile(r"entropy|clip", re.I)),
+    ("Response length", re.compile(r"(resp|response)_?len", re.I)),
 )
 _SKIP = re.compile(r"^(step|time_s|epoch|lr|learning_rate|tokens?|tokens?_per_s.*|samples_per_s.*|.*_count|n_.*|"
                    r"eval_n|eval_n_.*)$", re.I)
