@@ -158,8 +158,9 @@ def _lpe_bwd_kernel(
     dz = g_lp[:, None] * (onehot - p) - g_ent[:, None] * p * (zl + ent[:, None])
     dz = tl.where(mask_v[None, :] & valid[:, None], dz, 0.0) * inv_temp  # d/d(raw logits)
 
+    # relaxed atomics: pure accumulation, no ordering needed (acq_rel, the default, costs a fence per add)
     if COMPUTE_DB:
-        tl.atomic_add(db_ptr + offs_v, tl.sum(dz, axis=0), mask=mask_v)
+        tl.atomic_add(db_ptr + offs_v, tl.sum(dz, axis=0), mask=mask_v, sem="relaxed")
     offs_n = offs_n.to(tl.int64)
     offs_v = offs_v.to(tl.int64)
     if UPCAST:
@@ -176,7 +177,7 @@ def _lpe_bwd_kernel(
                 w = w.to(tl.float32)
             dh = tl.dot(dz_in, w, input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_H]
             tl.atomic_add(dh_ptr + offs_n[:, None] * H + offs_h[None, :], dh,
-                          mask=mask_n[:, None] & mask_h[None, :])
+                          mask=mask_n[:, None] & mask_h[None, :], sem="relaxed")
         if COMPUTE_DW:
             a = tl.load(h_ptr + offs_n[:, None] * stride_hn + offs_h[None, :] * stride_hh,
                         mask=mask_n[:, None] & mask_h[None, :], other=0.0)  # [BLOCK_N, BLOCK_H]
@@ -184,7 +185,7 @@ def _lpe_bwd_kernel(
                 a = a.to(tl.float32)
             dw = tl.dot(tl.trans(dz_in), a, input_precision=DOT_PRECISION)  # [BLOCK_V, BLOCK_H]
             tl.atomic_add(dw_ptr + offs_v[:, None] * H + offs_h[None, :], dw,
-                          mask=mask_v[:, None] & mask_h[None, :])
+                          mask=mask_v[:, None] & mask_h[None, :], sem="relaxed")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -232,3 +232,57 @@ def test_clear_errors():
         token_logprobs_entropy(hidden, weight, torch.tensor([0, 1, 2, 3]), temperature=0.0)
     with pytest.raises(ValueError, match="share dtype"):
         token_logprobs_entropy(hidden, weight.double(), torch.tensor([0, 1, 2, 3]))
+
+
+_SM90_SCRIPT = r"""
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from umedfast.kernels import logprob_entropy as mod
+
+def compile_sm90(fn, ptrs, const):
+    sig = {n: ptrs.get(n, "constexpr" if n in const else ("fp32" if n == "inv_temp" else "i32")) for n in fn.arg_names}
+    aligned = ("h_ptr", "w_ptr", "stride_hn", "stride_wv")  # what the runtime infers for 16-aligned tensors
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    k = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=8, num_stages=3))
+    ptx = k.asm["ptx"]
+    return {"wgmma": ptx.count("wgmma.mma_async"), "red": ptx.count("red.global") + ptx.count("atom.global"), "shared": k.metadata.shared}
+
+base = dict(HAS_BIAS=True, BLOCK_N=64, BLOCK_V=128, BLOCK_H=64, UPCAST=False, DOT_PRECISION="tf32")
+ptrs = {"h_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "tgt_ptr": "*i64"}
+f32 = ("m_ptr", "s_ptr", "t_ptr", "zt_ptr", "mx_ptr", "logs_ptr", "ent_ptr", "glp_ptr", "gent_ptr", "dh_ptr", "dw_ptr",
+       "db_ptr")
+ptrs.update({n: "*fp32" for n in f32})
+try:
+    res = {"fwd": compile_sm90(mod._lpe_fwd_kernel, ptrs, base),
+           "bwd": compile_sm90(mod._lpe_bwd_kernel, ptrs, dict(base, COMPUTE_DH=True, COMPUTE_DW=True,
+                                                                 COMPUTE_DB=True, IGNORE=-100))}
+except RuntimeError as e:
+    if "ptxas" in str(e).lower():
+        print(json.dumps({"skip": str(e)[:300]})); sys.exit(0)
+    raise
+print(json.dumps(res))
+"""
+
+
+def test_compiles_for_sm90_without_gpu():
+    """No GPU here: compile forward and backward ahead of time for an H100 (sm_90, triton's bundled ptxas), bf16 with
+    bias, so GPU-only compile errors fail CI; checks tensor-core (wgmma) dots and the gradient reductions (red.global).
+    A subprocess, because triton cannot mix interpreted and compiled kernels in one process."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run([sys.executable, "-c", _SM90_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "skip" in res:
+        pytest.skip(f"no usable ptxas in this triton install: {res['skip']}")
+    assert res["fwd"]["wgmma"] > 0 and res["bwd"]["wgmma"] > 0, res
+    assert res["bwd"]["red"] > 0, res
+    assert max(res["fwd"]["shared"], res["bwd"]["shared"]) <= 228 * 1024, res
