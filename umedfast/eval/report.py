@@ -20,7 +20,7 @@ table.results caption{text-align:left;font-weight:600;padding:4px 0}
 table.results td,table.results th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 table.results td:first-child,table.results th:first-child{text-align:left}
 .sample{display:flex;gap:16px;align-items:flex-start;border-bottom:1px solid #eee;padding:10px 0}
-.sample img{max-width:560px}.resp{font-size:12px;white-space:pre-wrap;max-width:560px}
+img{max-width:100%;height:auto}.sample img{max-width:560px}.resp{font-size:12px;white-space:pre-wrap;max-width:560px}
 .ok{color:#0a7d32}.bad{color:#c62828}.muted{color:#777;font-size:12px}"""
 
 
