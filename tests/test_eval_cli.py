@@ -193,3 +193,32 @@ def test_bad_paths_give_one_line_errors(tmp_path, capsys):
     assert main(["table", str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err
     assert "missing.json" in err and "bad.json" in err and "Traceback" not in err
+
+
+def test_run_generalization_split_prints_held_out_columns(synth_data, tmp_path, monkeypatch, capsys):
+    """--generalization evaluates only the held-out part and adds its table (model replaced by gold answers)."""
+    import umedfast.eval.cli as cli
+    import umedfast.eval.mau as mau
+
+    jsonl, recs = synth_data
+    seen = []
+    real = mau.evaluate_and_write
+
+    def gold(bundle, records, out_path, **kw):
+        seen.extend(records)
+        kw.pop("judge", None)
+        return real(bundle, records, out_path, responses=[r.response for r in records], **kw)
+
+    monkeypatch.setattr(cli, "load_model", lambda spec, device: None)
+    monkeypatch.setattr(mau, "evaluate_and_write", gold)
+    sources = sorted({r.source.removeprefix("synth-") for r in recs})
+    held = sources[0]
+    assert main(["--checkpoint", "gold", "--data", str(jsonl), "--generalization", "source", "--held-out", held,
+                 "--out", str(tmp_path)]) == 0
+    assert seen and all(r.source.removeprefix("synth-") == held for r in seen)
+    assert {r.id for r in seen} == {r.id for r in recs if r.source.removeprefix("synth-") == held}  # every split
+    out = capsys.readouterr().out
+    table = out[out.index("Generalization to held-out sources"):]
+    assert table.splitlines()[1].split("  ")[0] == "Model"
+    assert T.display_name(f"synth-{held}") in table.splitlines()[1]  # the column is the held-out (synth) source
+    assert table.splitlines()[3].split()[-1] == "1.00"  # gold answers: accuracy 1 on the held-out source
