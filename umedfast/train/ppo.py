@@ -179,7 +179,8 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
                "kl": float(all_reduce_sum((kl * mask).sum().cpu(), d)) / max(1.0, float(all_reduce_sum(
                    mask.sum().cpu(), d))) * 1.0,
                "resp_len": mean(g(mask.sum(1).cpu())), "lr": sched.get_last_lr()[0], "epoch": epoch,
-               "ids": [train[i].id for i in idx], **{k_: v_ / max(1, n_upd) for k_, v_ in stats.items()}}
+               "ids": [train[i].id for i in idx], **{k_: v_ / max(1, n_upd) for k_, v_ in stats.items()},
+               "sample": ro.texts[0]}  # one response per step, to read what the policy is learning
         if step % cfg.log_every == 0 or step == p.steps:
             log.log(step, row)
         bar.update(1)
