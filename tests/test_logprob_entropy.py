@@ -16,6 +16,15 @@ N, H = 37, 48
 BACKENDS = ["triton", "torch"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: with the team's jobs on 2 shared cores, intra-op thread handoffs cost more than the math
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _problem(v, *, seed=0, bias=False, scale=0.3, n=N, h=H, ignore=(3, 20)):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(n, h, generator=g, dtype=torch.float64)
@@ -142,7 +151,7 @@ def test_batched_input_and_single_output_gradient(backend):
     torch.testing.assert_close(w.grad, w2.grad, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("chunk_size", [7, 200, 5000])
+@pytest.mark.parametrize("chunk_size", [13, 200, 5000])
 def test_torch_path_any_chunk(chunk_size):
     # the torch path takes any chunk width (narrow, not a power of two, wider than V)
     _compare(1031, torch.float32, "torch", chunk_size=chunk_size, n=9, ignore=(2,))
