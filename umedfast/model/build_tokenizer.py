@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from umedfast.model.templates import IMAGE_TOKEN, SPECIAL_TOKENS
+from umedfast.model.templates import IMAGE_TOKEN, LLAVA_CHAT_TEMPLATE, SPECIAL_TOKENS
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_tokenizer"
 
@@ -92,6 +92,7 @@ def save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>",
                                    pad_token="<pad>", unk_token=None,
                                    extra_special_tokens={"image_token": IMAGE_TOKEN})
+    fast.chat_template = LLAVA_CHAT_TEMPLATE  # Qwen2-VL's template is set at load (processors.tiny_tokenizer)
     fast.save_pretrained(str(out_dir))
 
 
