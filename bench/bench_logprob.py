@@ -13,7 +13,8 @@ Modes:
 Peak memory is the most bytes allocated above what was live before the step (inputs excluded; the weight gradient
 [V, H], the same for both providers, included): on CUDA from ``torch.cuda.max_memory_allocated``; on CPU from the
 torch profiler's allocation events (each carries the allocator's running total), so it counts exactly what torch
-allocates. ``extra_info`` carries ``peak_mb``, ``mem_ratio_vs_unfused`` and the device.
+allocates, including peaks inside one op (conftest.peak_memory_mb nets memory per op). ``extra_info`` carries
+``peak_mib`` (and ``peak_mem_mb`` in 1e6 bytes, the name bench/conftest.py uses), ``mem_ratio_vs_unfused``, device.
 
 Sizes: V=151936, T=1024 fixed; H defaults to 896 on CUDA and 256 on CPU (the [N, V] tensors that dominate the
 unfused path do not depend on H; a CPU GEMM at H=896 takes ~15 s on 2 shared cores). Override with
@@ -22,11 +23,11 @@ UMEDFAST_BENCH_H, UMEDFAST_BENCH_ROUNDS (default 1 on CPU, 5 on CUDA).
 from __future__ import annotations
 
 import os
-import platform
 
 import pytest
 import torch
 
+from conftest import device_name  # bench/conftest.py: shared device naming
 from umedfast.kernels import token_logprobs_entropy
 
 CUDA = torch.cuda.is_available()
@@ -56,15 +57,7 @@ PROVIDERS = {"fused": fused, "unfused_torch": unfused_torch}
 
 
 def _device_name() -> str:
-    if CUDA:
-        return torch.cuda.get_device_name()
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {torch.get_num_threads()} threads"
+    return device_name(DEVICE)
 
 
 def _sync():
@@ -136,8 +129,9 @@ def test_logprob_entropy(benchmark, provider, mode, inputs, peaks):
     ratio = peaks[("unfused_torch", mode)] / max(peak, 1)
     benchmark.group = f"logprob_entropy-{mode}"
     benchmark.extra_info.update(
-        provider=provider, mode=mode, device=_device_name(), V=V, T=T, H=H, dtype=str(DTYPE),
-        peak_mb=round(peak / 2**20, 1), mem_ratio_vs_unfused=round(ratio, 2),
+        provider=provider, mode=mode, device=_device_name(), torch=torch.__version__, V=V, T=T, H=H,
+        dtype=str(DTYPE), peak_mib=round(peak / 2**20, 1), peak_mem_mb=round(peak / 1e6, 3),
+        mem_ratio_vs_unfused=round(ratio, 2),
         backend="triton" if (CUDA and provider == "fused") else "torch",
     )
     benchmark.pedantic(_step, args=(PROVIDERS[provider], mode, *inputs), rounds=ROUNDS, iterations=1)
