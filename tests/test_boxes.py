@@ -141,3 +141,10 @@ def test_long_adversarial_text_is_fast_enough():
     # Regression guard against catastrophic backtracking: a pathological input must still parse (no timing assert).
     text = "[1" + " " * 20000 + "x" + ",1" * 5000
     assert isinstance(parse_boxes(text), list)
+
+
+def test_runs_of_more_than_four_numbers_are_not_boxes():
+    # A half-trained model writes "[25,4,32,4,4,429]": its first four numbers are not a box, nor is any 4-window.
+    assert parse_boxes("[25,4,32,4,4,429]") == []
+    assert parse_boxes("1 2 3 4 5") == []
+    assert parse_boxes("[25,4,32,4,4,429] then [100,200,300,400]") == [(0.1, 0.2, 0.3, 0.4)]

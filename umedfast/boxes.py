@@ -101,17 +101,21 @@ def format_boxes(boxes: Sequence[Sequence[float]], fmt: str = DEFAULT_FORMAT, *,
 # A number, including the NaN/inf spellings a model may emit (so that box is dropped instead of misaligned).
 _N = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf(?:inity)?))"
 _S = r"(?>\s*[,;]\s*|\s+)"  # separator between coordinates; atomic so long whitespace cannot backtrack
+# "no fifth number follows": a run of 5+ numbers ("[25,4,32,4,4,429]") is not a box, whatever its first four say.
+_NO_5TH = r"(?!\s*[,;]?\s*[-+]?(?:\d|\.\d|nan|inf))"
 _PATTERNS = [
     # Qwen2-VL: (x1,y1),(x2,y2)  (also "to" / "-" between the corners)
     rf"\(\s*{_N}{_S}{_N}\s*\)\s*(?:,|-|to)?\s*\(\s*{_N}{_S}{_N}\s*\)",
     # MiniGPT-v2: {<x1><y1><x2><y2>} (braces optional)
     rf"\{{?\s*<\s*{_N}\s*>\s*<\s*{_N}\s*>\s*<\s*{_N}\s*>\s*<\s*{_N}\s*>\s*\}}?",
     # any bracket: [a,b,c,d] (a,b,c,d) {a,b,c,d}; a missing opening or closing bracket is tolerated
-    rf"[\[({{]\s*{_N}{_S}{_N}{_S}{_N}{_S}{_N}\s*[\])}}]?",
+    rf"[\[({{]\s*{_N}{_S}{_N}{_S}{_N}{_S}{_N}{_NO_5TH}\s*[\])}}]?",
     # four bare numbers, not glued to words or other numbers
-    rf"(?<![\w.]){_N}{_S}{_N}{_S}{_N}{_S}{_N}(?!\w|\.\d)",
+    rf"(?<![\w.]){_N}{_S}{_N}{_S}{_N}{_S}{_N}(?!\w|\.\d){_NO_5TH}",
 ]
 _BOX_RE = re.compile("|".join(f"(?:{p})" for p in _PATTERNS), re.IGNORECASE)
+# A bare run that starts right after "<number><separator>" is the tail of a longer number run, not a box.
+_AFTER_NUMBER_RE = re.compile(r"[\d.]\s*[,;]?\s*$")
 
 
 def _unit_scale(fmt: str, image_size) -> tuple[float, float] | None:
@@ -142,6 +146,8 @@ def parse_boxes(text, fmt: str = DEFAULT_FORMAT, *, image_size=None) -> list[Box
         sx, sy = scale
         out: list[Box] = []
         for m in _BOX_RE.finditer(text):
+            if m.group(0)[0] not in "[({<" and _AFTER_NUMBER_RE.search(text, 0, m.start()):
+                continue
             nums = [g for g in m.groups() if g is not None]
             if len(nums) != 4:  # cannot happen with the patterns above; be defensive anyway
                 continue
