@@ -28,7 +28,7 @@ def _no_pickles(d):
     assert files and all(p.name.endswith(ALLOWED_SUFFIXES) for p in files), [p.name for p in files]
 
 
-@pytest.mark.parametrize("family", ["tiny-llava", "tiny-qwen2-vl"])
+@pytest.mark.parametrize("family", ["tiny-llava", "tiny-qwen2-vl", "tiny-qwen2.5-vl"])
 def test_round_trip_identical_logits_and_value_head(family, tmp_path):
     b = load_vlm(family, tiny=SIZES, seed=5)
     head = ValueHead(SIZES.text_hidden)

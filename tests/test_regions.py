@@ -9,7 +9,7 @@ from umedfast.model.processors import tiny_tokenizer
 # LLaVA: 112/14 -> 8x8 patch tokens. Qwen2-VL: 112x112 -> 8x8 patches -> 4x4 merged tokens.
 SIZES = TinySizes(image_size=112, patch_size=14, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=64,
                   text_layers=1, text_heads=4, text_kv_heads=2, text_intermediate=128)
-GRID = {"tiny-llava": 8, "tiny-qwen2-vl": 4}
+GRID = {"tiny-llava": 8, "tiny-qwen2-vl": 4, "tiny-qwen2.5-vl": 4}
 
 
 @pytest.fixture(scope="module", params=list(GRID))

@@ -15,7 +15,7 @@ import torch
 
 from umedfast.model.tiny import TinySizes
 
-TINY_NAMES = {"tiny-llava": "llava", "tiny-qwen2-vl": "qwen2_vl"}
+TINY_NAMES = {"tiny-llava": "llava", "tiny-qwen2-vl": "qwen2_vl", "tiny-qwen2.5-vl": "qwen2_5_vl"}
 ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl")
 ADAPTER_DIR = "adapter"  # LoRA adapters of a checkpoint live in <checkpoint>/adapter (peft layout)
 # Attention / MLP projections of the language model only (the vision tower of the real models stays frozen).
@@ -89,9 +89,10 @@ def _build_tiny(family: str, sizes: TinySizes, seed: int):
     if family == "llava":
         proc = processors.tiny_llava_processor(sizes.image_size, sizes.patch_size)
         config = tiny.tiny_llava_config(proc.tokenizer, sizes)
-    else:
+    else:  # Qwen2-VL and Qwen2.5-VL share tokens, image processor and chat template
         proc = processors.tiny_qwen2_vl_processor(sizes.image_size)
-        config = tiny.tiny_qwen2_vl_config(proc.tokenizer, sizes)
+        make = tiny.tiny_qwen2_vl_config if family == "qwen2_vl" else tiny.tiny_qwen2_5_vl_config
+        config = make(proc.tokenizer, sizes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(family)(config)

@@ -59,3 +59,18 @@ def tiny_qwen2_vl_config(tok, s: TinySizes = TinySizes()) -> Qwen2VLConfig:
                          vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
                          vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
                          tie_word_embeddings=False)
+
+
+def tiny_qwen2_5_vl_config(tok, s: TinySizes = TinySizes()):
+    """Qwen2.5-VL layout: windowed-attention ViT (SwiGLU, RMSNorm) + 2x2 merger -> Qwen2 LM with M-RoPE."""
+    from transformers import Qwen2_5_VLConfig  # noqa: PLC0415
+
+    base = tiny_qwen2_vl_config(tok, s)
+    vision = dict(depth=s.vision_layers, hidden_size=s.vision_hidden, out_hidden_size=s.text_hidden,
+                  intermediate_size=2 * s.vision_hidden, num_heads=s.vision_heads, patch_size=s.patch_size,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=4 * s.patch_size,
+                  fullatt_block_indexes=[s.vision_layers - 1])
+    return Qwen2_5_VLConfig(text_config=base.text_config.to_dict(), vision_config=vision,
+                            image_token_id=base.image_token_id, video_token_id=base.video_token_id,
+                            vision_start_token_id=base.vision_start_token_id,
+                            vision_end_token_id=base.vision_end_token_id, tie_word_embeddings=False)
