@@ -42,7 +42,7 @@ IGNORE_INDEX = -100
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -90,8 +90,8 @@ def test_temperature(backend, temperature):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bf16_inputs(backend):
-    ours = _compare(1031, torch.bfloat16, backend, floor_rel=0.0, scale=0.5)
-    assert ours["logprob"].dtype == torch.float64  # (cast by _run) outputs come back float32 from the op
+    # bf16 inputs; the op returns float32 values and bf16 grads (dtypes: test_bf16_output_dtypes)
+    _compare(1031, torch.bfloat16, backend, floor_rel=0.0, scale=0.5)
 
 
 def test_bf16_output_dtypes():
@@ -149,6 +149,21 @@ def test_batched_input_and_single_output_gradient(backend):
     torch.testing.assert_close(lp.reshape(-1), lp_r, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(h3.grad.reshape(36, H), h2.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(w.grad, w2.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("trainable", ["hidden", "weight"])
+def test_gradient_to_one_input_only(backend, trainable):
+    # frozen LM head (LoRA elsewhere) or frozen trunk: the other gradient is skipped, the one asked for is right
+    hidden, weight, _, targets, g_lp, g_ent = _problem(1031)
+    h, w = hidden.float(), weight.float()
+    (h if trainable == "hidden" else w).requires_grad_()
+    lp, ent = token_logprobs_entropy(h, w, targets, chunk_size=128, backend=backend)
+    ((lp * g_lp.float()).sum() + (ent * g_ent.float()).sum()).backward()
+    ref = _run(token_logprobs_entropy_ref, torch.float64, hidden, weight, None, targets, g_lp, g_ent)
+    got, want = (h.grad, ref["dhidden"]) if trainable == "hidden" else (w.grad, ref["dweight"])
+    assert (h if trainable == "weight" else w).grad is None
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("chunk_size", [13, 200, 5000])
