@@ -272,7 +272,8 @@ def compile_sm90(fn, ptrs, const):
     k = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
                        options=dict(num_warps=8, num_stages=3))
     ptx = k.asm["ptx"]
-    return {"wgmma": ptx.count("wgmma.mma_async"), "red": ptx.count("red.global") + ptx.count("atom.global"), "shared": k.metadata.shared}
+    red = ptx.count("red.global") + ptx.count("atom.global")
+    return {"wgmma": ptx.count("wgmma.mma_async"), "red": red, "shared": k.metadata.shared}
 
 base = dict(HAS_BIAS=True, BLOCK_N=64, BLOCK_V=128, BLOCK_H=64, UPCAST=False, DOT_PRECISION="tf32")
 ptrs = {"h_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "tgt_ptr": "*i64"}
