@@ -28,7 +28,15 @@ Triton forward: grid ``(row blocks, vocab splits)``; each program walks its shar
 its partial ``(m, s, t, z_target)``; a tiny torch combine over the splits gives ``lse``, logprob and entropy
 (flash-decoding style split, so a short sequence still fills the GPU). Triton backward: grid
 ``(row blocks, vocab chunks)``; each program recomputes its logits tile, forms ``dz`` and atomically adds
-``dz @ W_chunk`` into ``dhidden`` and ``dz^T @ h`` into ``dweight`` (fp32 buffers), as in Apple's Cut Cross-Entropy.
+``dz @ W_chunk`` into ``dhidden`` and ``dz^T @ h`` into ``dweight`` (fp32 buffers, relaxed atomics), as in Apple's
+Cut Cross-Entropy. ``lse`` is saved as (row max, log-sum below it) so ``log p = (z - max) - log_s`` does not cancel.
+Status: numerics are tested under the interpreter (fp32 dots there); the GPU build is only compiled ahead of time for
+sm_90 (bf16 wgmma dots) in the tests, not yet run or tuned on a GPU (block sizes 64 x 128 x 64, 8 warps, untuned).
+
+Use in a policy loss (HF causal LM / VLM): take the last hidden state instead of logits and shift by one,
+
+    hidden = model(..., output_hidden_states=True).hidden_states[-1][:, :-1]   # or the trunk's output, no lm_head
+    logprob, entropy = token_logprobs_entropy(hidden, model.lm_head.weight, labels[:, 1:], temperature=T)
 """
 from __future__ import annotations
 
