@@ -7,7 +7,8 @@ from pathlib import Path
 
 TINY = [
     "data.synth_n=40", "data.synth_image_size=64", "data.max_eval=2", "model.tiny_text_layers=1",
-    "model.tiny_text_hidden=64", "eval_batch_size=2", "ppo.eval_max_new_tokens=6", "progress=false", "threads=1",
+    "model.tiny_text_hidden=64", "eval_batch_size=2", "ppo.eval_max_new_tokens=6", "sft.eval_max_new_tokens=6",
+    "progress=false", "threads=1",
 ]
 
 

@@ -56,6 +56,7 @@ class SFTConfig:
     max_grad_norm: float = 1.0          # gradient clipping (<= 0 disables)
     max_steps: int = 0                  # stop after this many optimizer steps (0 = run all epochs)
     eval_every_epoch: bool = True       # write OUTPUT/sft/eval.json at the end of every epoch (else only at the end)
+    eval_max_new_tokens: int = 64       # generation length at evaluation
     save_every: int = 0                 # checkpoint every N optimizer steps (0 = only at the end)
 
 

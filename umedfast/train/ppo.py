@@ -177,14 +177,15 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
                "iou": mean(g(rw.iou)), "vrr": mean(g(rw.vrr)), "format_ok": mean(g(rw.format_ok)),
                "class_written": mean(g(rw.class_written)),
                "kl": float(all_reduce_sum((kl * mask).sum().cpu(), d)) / max(1.0, float(all_reduce_sum(
-                   mask.sum().cpu(), d))) * 1.0,
+                   mask.sum().cpu(), d))),
                "resp_len": mean(g(mask.sum(1).cpu())), "lr": sched.get_last_lr()[0], "epoch": epoch,
                "ids": [train[i].id for i in idx], **{k_: v_ / max(1, n_upd) for k_, v_ in stats.items()},
                "sample": ro.texts[0]}  # one response per step, to read what the policy is learning
         if step % cfg.log_every == 0 or step == p.steps:
             log.log(step, row)
         bar.update(1)
-        bar.set_postfix(R=f"{row['reward']:.2f}", iou=f"{row['iou']:.2f}", kl=f"{row['kl']:.3f}")
+        bar.set_postfix(R=f"{row['reward']:.2f}", llm=f"{row['r_llm']:.2f}", alr=f"{row['alr']:.2f}",
+                        vrr=f"{row['vrr']:.3f}", iou=f"{row['iou']:.2f}", kl=f"{row['kl']:.3f}")
         if (p.save_every and step % p.save_every == 0) or step == p.steps:
             save_training_state(run_dir, step, model=bundle.model, value_head=vh, optimizer=opt, scheduler=sched,
                                 order=order, d=d)

@@ -118,8 +118,7 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         end_of_epoch = step % per_epoch == 0 or step == total
         if end_of_epoch and (s.eval_every_epoch or step == total):
             model.eval()
-            last_eval = evaluate(cfg, bundle, held, run_dir / "eval.json", d, cfg.ppo.eval_max_new_tokens) \
-                or last_eval
+            last_eval = evaluate(cfg, bundle, held, run_dir / "eval.json", d, s.eval_max_new_tokens) or last_eval
             model.train()
             if last_eval is not None:
                 log.log(step, {f"eval_{k}": v for k, v in last_eval.items() if isinstance(v, (int, float))})
