@@ -152,3 +152,4 @@ def test_generation_never_samples_the_image_placeholder():
     batch = collate_chat(b, _records(2), for_generation=True)
     out = b.model.generate(**model_inputs(batch), max_new_tokens=4, do_sample=True)
     assert not (out[:, batch["input_ids"].shape[1]:] == b.image_token_id).any()
+

@@ -141,7 +141,8 @@ def load_vlm(name_or_path: str = "tiny-llava", *, dtype: torch.dtype | None = No
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        # use_cache stays on: transformers skips the cache only in checkpointed training forwards, and PPO
+        # sampling with the same model keeps its KV cache.
     bundle = VLMBundle(model=model, processor=proc, tokenizer=tok, arch=arch,
                        image_token_id=int(model.config.image_token_id), name=str(name_or_path))
     if lora is not None:
