@@ -95,8 +95,10 @@ PHASES = [
     ("collate_chat (images, processor, template)", "collate_chat"), ("  record_image (PNG decode)", "record_image"),
     ("generate (HF, KV cache)", "generate"), ("  ppo rollouts (sample_candidates)", "sample_candidates"),
     ("  evaluation (generate_responses)", "generate_responses"),
-    ("ppo scoring forward (policy_outputs)", "policy_outputs"), ("ppo reference forward", "reference_logprobs"),
-    ("rewards (score_rollout)", "score_rollout"), ("backward", "backward"), ("optimizer step", "step"),
+    ("ppo policy forwards, scoring + training (policy_outputs)", "policy_outputs"),
+    ("ppo reference forward", "reference_logprobs"),
+    ("rewards (score_rollout, incl. the VRR forward)", "score_rollout"), ("  VRR forward (vrr_forward)", "vrr_forward"),
+    ("backward (SFT + PPO)", "backward"), ("optimizer step", "step"),
     ("checkpoints (save_training_state)", "save_training_state"), ("final save (save_checkpoint)", "save_checkpoint"),
     ("eval metrics + eval.json (evaluate_and_write)", "evaluate_and_write"),
 ]
