@@ -325,7 +325,21 @@ class TRLStep:
 # ----------------------------------------------------------------------------------------------- pytest-benchmark
 import pytest  # noqa: E402
 
-from conftest import device_name, peak_memory_mb  # noqa: E402  (bench/conftest.py)
+
+
+def _bench_conftest():
+    """bench/conftest.py (device naming, peak memory), loaded by path: under tests/ the name ``conftest`` is
+    tests/conftest.py (tests/test_bench_smoke.py imports this module)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("umedfast_bench_conftest", Path(__file__).with_name("conftest.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_bc = _bench_conftest()
+device_name, peak_memory_mb = _bc.device_name, _bc.peak_memory_mb
 
 PROVIDERS = ["umedfast_grpo", "trl_grpo", "umedfast_ppo_gae", "umedfast_grpo_patched"]
 ROUNDS = int(os.environ.get("UMEDFAST_BENCH_ROUNDS", 5))
