@@ -20,7 +20,7 @@ Reported per provider (``extra_info`` and the printed table): samples/s = B / me
 CPU-second (robust to other jobs on a shared box), peak memory (CPU: most bytes torch allocated during one step, from
 the profiler's allocation events, bench/conftest.peak_memory_mb; CUDA: max_memory_allocated), and for umedfast the
 median seconds of each phase. Knobs: UMEDFAST_BENCH_Q / _K / _NEW (sizes), UMEDFAST_BENCH_ROUNDS (default 5),
-UMEDFAST_BENCH_THREADS (torch threads during the bench, default 1: on a shared 2-core box 2 OpenMP threads
+UMEDFAST_BENCH_THREADS (torch threads during the bench, default 1: on the shared 2-core box under load 2 threads
 made one step 30x slower, see bench/RESULTS.md).
 
 ``UmedfastStep`` mirrors one iteration of ``umedfast.train.ppo.run_ppo`` with the same helpers (``run_ppo`` is a whole
