@@ -30,6 +30,20 @@ def test_rubric_judge_orders_answers():
     assert j.score([full]) == [s[0]]  # deterministic
 
 
+def test_rubric_wants_exactly_the_ground_truth_classes():
+    j = RubricJudge()
+    base = f"An abnormal finding is visible, located at {BOX}. The diagnosis is "
+    others = ("mass", "active tuberculosis")
+    one = JudgeItem("q", base + "nodule.", labels=("nodule",), other_classes=others)
+    extra = JudgeItem("q", base + "nodule and mass.", labels=("nodule",), other_classes=others)
+    both = JudgeItem("q", base + "obsolete tuberculosis and active tuberculosis.",
+                     labels=("obsolete tuberculosis", "active tuberculosis"), other_classes=("mass",))
+    half = JudgeItem("q", base + "obsolete tuberculosis.", labels=("obsolete tuberculosis", "active tuberculosis"))
+    nested = JudgeItem("q", base + "liver mass.", labels=("liver lesion",), synonyms=("liver mass",),
+                       other_classes=("mass",))
+    assert j.score([one, extra, both, half, nested]) == pytest.approx([1.0, 0.6, 1.0, 0.8, 1.0])
+
+
 def test_parse_score():
     assert parse_score('{"score": 0.8}') == 0.8
     assert parse_score("```json\n{\"score\": 1.7}\n```") == 1.0

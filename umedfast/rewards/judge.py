@@ -38,6 +38,7 @@ class JudgeItem:
     labels: tuple[str, ...] = ()
     synonyms: tuple[str, ...] = ()
     box_format: str = "norm1000"
+    other_classes: tuple[str, ...] = ()  # classes of the same source that are NOT in the image (naming one is wrong)
 
 
 _NORMAL_RE = re.compile(r"\b(no (visible |obvious |significant )?(abnormalit|lesion|finding)|normal (image|study|scan)"
@@ -54,7 +55,12 @@ def _names_class(text: str, names: Sequence[str]) -> bool:
 
 
 class RubricJudge:
-    """Deterministic offline rubric: 0.4 correct class, 0.3 the three steps (0.1 each), 0.3 box validity."""
+    """Deterministic offline rubric: 0.4 correct classes, 0.3 the three steps (0.1 each), 0.3 box validity.
+
+    The class part is 0.4 x the fraction of ground-truth classes named (each by its label or a synonym), and 0 when
+    any class in ``other_classes`` is named: the evaluation counts an answer correct only when the named set equals
+    the ground-truth set, and a rubric that ignored wrong or missing classes let PPO drift to the commonest class.
+    """
 
     name = "rubric"
 
@@ -69,7 +75,16 @@ class RubricJudge:
         if not it.labels:  # normal image: say so, write no box
             says_normal = bool(_NORMAL_RE.search(text))
             return 0.7 * says_normal + 0.3 * (len(boxes) == 0)
-        cls = _names_class(text, tuple(it.labels) + tuple(it.synonyms))
+        labels, syn = list(dict.fromkeys(it.labels)), tuple(it.synonyms)
+        if len(labels) == 1:
+            n_named = int(_names_class(text, (labels[0],) + syn))
+        else:  # several classes: each must be written by its own label
+            n_named = sum(_names_class(text, (lab,)) for lab in labels)
+        gt_names = [x.lower() for x in labels + list(syn)]
+        # a wrong class is another class of the source that is not a word inside a ground-truth name ("mass" in
+        # "liver mass" is not a wrong class)
+        wrong = _names_class(text, tuple(c for c in it.other_classes if not any(c.lower() in g for g in gt_names)))
+        cls = 0.0 if wrong else n_named / len(labels)
         steps = sum(bool(r.search(text)) for r in (_DETECT_RE, _LOCATE_RE, _RECOG_RE)) / 3.0
         valid_box = any(x2 > x1 and y2 > y1 for x1, y1, x2, y2 in boxes)
         return round(0.4 * cls + 0.3 * steps + 0.3 * valid_box, 6)

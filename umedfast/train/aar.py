@@ -70,7 +70,7 @@ def compute_vrr(bundle, ro: Rollout, boxes: list[list], labels: list[list[str]],
 
 def score_rollout(bundle, ro: Rollout, judge, cfg: PPOConfig, *, box_format: str = "norm1000") -> RolloutRewards:
     """All AAR rewards of a rollout. A reward whose weight is 0 is not computed (ablations cost nothing)."""
-    from umedfast.data import synonyms
+    from umedfast.data import CLASS_SYNONYMS, synonyms
 
     tg = [_targets(r) for r in ro.records]
     labels = [[lab for lab, _ in t] for t in tg]
@@ -83,7 +83,8 @@ def score_rollout(bundle, ro: Rollout, judge, cfg: PPOConfig, *, box_format: str
         alr[i], iou[i], fmt[i] = res.reward, res.iou, res.format_ok
     if cfg.w_llm:
         items = [JudgeItem(query=r.query, response=t, reference=r.response, labels=tuple(lab),
-                           synonyms=tuple(s for x in lab for s in synonyms(r.source, x)), box_format=box_format)
+                           synonyms=tuple(s for x in lab for s in synonyms(r.source, x)), box_format=box_format,
+                           other_classes=tuple(c for c in CLASS_SYNONYMS.get(r.source, {}) if c not in lab))
                  for r, t, lab in zip(ro.records, ro.texts, labels)]
         r_llm = torch.tensor(judge.score(items), dtype=torch.float32)
     else:
