@@ -11,11 +11,9 @@ optimizer update per step:
   umedfast_grpo    umedfast's loop body with ``advantage=grpo`` (critic-free group baseline, like TRL)
   trl_grpo         TRL's own ``GRPOTrainer.training_step`` (generation, reward, loss, backward) + optimizer step
   umedfast_ppo_gae umedfast's PPO with a value head, GAE and whitening (TRL's GRPOTrainer has no critic)
-  umedfast_grpo_patched  umedfast_grpo with the three proposed patches of bench/RESULTS.md applied here
-                   (1 collate each query once; 2 reuse the training forward as the scoring forward when one epoch
-                   covers the batch in one minibatch; 3 run the shared prompt once per query and repeat its KV cache
-                   K times in the reference and training forwards): what the patches would bring, NOT what
-                   umedfast does today
+  umedfast_grpo_full_fwd  umedfast_grpo with every forward over the full prompt+response of each of the K rows
+                   (no prompt sharing, separate scoring forward): what the step cost before the prompt-sharing and
+                   single-pass changes in umedfast.train.rollout / ppo
 Reported per provider (``extra_info`` and the printed table): samples/s = B / median step time, samples per
 CPU-second (robust to other jobs on a shared box), peak memory (CPU: most bytes torch allocated during one step, from
 the profiler's allocation events, bench/conftest.peak_memory_mb; CUDA: max_memory_allocated), and for umedfast the
@@ -81,66 +79,6 @@ def fresh_bundle():
 
 
 @torch.no_grad()
-def sample_candidates_once_per_query(bundle, records, *, k, temperature, top_p, max_new_tokens):
-    """Proposed ``umedfast.train.rollout.sample_candidates`` (/tmp/perf_patches.diff, patch 1): collate each query
-    ONCE and repeat its rows K times with ``select_rows`` (the current code loads the image, runs the image processor
-    and the chat template K times per query). Same outputs, same layout (query-major)."""
-    from umedfast.model import collate_chat, model_inputs
-    from umedfast.train.rollout import _assemble, select_rows
-
-    model, tok = bundle.model, bundle.tokenizer
-    reps = [r for r in records for _ in range(k)]
-    one = collate_chat(bundle, list(records), for_generation=True)
-    gen = select_rows(one, torch.arange(len(records), device=one["input_ids"].device).repeat_interleave(k), bundle)
-    was = model.training
-    model.eval()
-    try:
-        seq = model.generate(**model_inputs(gen), do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                             max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                             suppress_tokens=[bundle.image_token_id])
-    finally:
-        model.train(was)
-    return _assemble(bundle, reps, gen, seq[:, gen["input_ids"].shape[1]:])
-
-
-def prefix_shared_hidden(model, batch: dict, k: int, prompt_width: int, length: int, bundle):
-    """Proposed patch 3: last hidden states Float[B, L, H] at positions P-1 .. P+L-2 (the ones that predict the L
-    response tokens) with the prompt (image + query, the same for the K candidates of a query) run ONCE per query:
-    its KV cache is repeated K times (``DynamicCache.batch_repeat_interleave``, differentiable, so the training
-    forward works too) and only the response tokens are run over it. Same positions (arange) and masks as the full
-    forward: log-probs agree to ~1e-6. LLaVA layout (Qwen2-VL's M-RoPE positions would need passing explicitly).
-    Returns (hidden, base HF model whose ``lm_head`` makes the logits)."""
-    from umedfast.model import model_inputs
-    from umedfast.train.rollout import select_rows
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner, P = base.model, prompt_width
-    ids = batch["input_ids"]
-    first = select_rows(batch, torch.arange(0, ids.shape[0], k, device=ids.device), bundle)
-    pin = model_inputs(first)
-    pin["input_ids"], pin["attention_mask"] = pin["input_ids"][:, :P], pin["attention_mask"][:, :P]
-    out = inner(**pin, use_cache=True, return_dict=True)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(k)
-    h_last = out.last_hidden_state[:, -1:].repeat_interleave(k, 0)
-    if length == 1:
-        return h_last, base
-    out2 = inner(input_ids=ids[:, P:P + length - 1], attention_mask=batch["attention_mask"][:, :P + length - 1],
-                 past_key_values=cache, use_cache=False, return_dict=True)
-    return torch.cat([h_last, out2.last_hidden_state], 1), base
-
-
-def prefix_shared_outputs(pwv, batch, resp, prompt_width, k, bundle, *, need_entropy=False, with_values=True):
-    """``policy_outputs`` / ``reference_logprobs`` through :func:`prefix_shared_hidden`: (lp, values, entropy)."""
-    from umedfast.rl.losses import entropy_from_logits, gather_logprobs
-
-    model = pwv.policy if hasattr(pwv, "policy") else pwv
-    h, base = prefix_shared_hidden(model, batch, k, prompt_width, resp.shape[1], bundle)
-    logits = base.lm_head(h)
-    v = pwv.value_head(h).float() if with_values else None
-    return gather_logprobs(logits, resp), v, (entropy_from_logits(logits) if need_entropy else None)
-
-
 class _Phases:
     """Wall time between consecutive calls, appended to ``store[name]`` (phase breakdown of one step)."""
 
@@ -156,13 +94,13 @@ class _Phases:
 class UmedfastStep:
     """One umedfast RL iteration; ``advantage`` "grpo" (critic-free, like TRL) or "gae" (critic/value head)."""
 
-    def __init__(self, advantage: str, sizes: StepSizes = StepSizes(), records=None, patched: bool = False):
+    def __init__(self, advantage: str, sizes: StepSizes = StepSizes(), records=None, share_prompt: bool = True):
         from umedfast.config import PPOConfig
         from umedfast.model import PolicyWithValue, ValueHead, hidden_size
         from umedfast.rewards.judge import make_judge
 
         self.s = sizes
-        self.patched = patched  # apply the proposed patches 1-3 of /tmp/perf_patches.diff (not in umedfast yet)
+        self.share_prompt = share_prompt  # False: full forwards per row, separate scoring forward (the old path)
         self.records = records if records is not None else synth_records()
         self.bundle = fresh_bundle()
         self.ref = copy.deepcopy(self.bundle.model).eval().requires_grad_(False)
@@ -197,28 +135,24 @@ class UmedfastStep:
         from umedfast.train.rollout import policy_outputs, reference_logprobs, sample_candidates
 
         p, bundle, t = self.cfg, self.bundle, _Phases(self.phases)
-        sample = sample_candidates_once_per_query if self.patched else sample_candidates
-        ro = sample(bundle, self.next_queries(), k=p.k, temperature=p.temperature, top_p=p.top_p,
+        ro = sample_candidates(bundle, self.next_queries(), k=p.k, temperature=p.temperature, top_p=p.top_p,
                                max_new_tokens=p.max_new_tokens)
         t("generate")
         mask, resp, pw = ro.response_mask, ro.response_ids, ro.prompt_width
-        # patch 2: with one epoch over one minibatch the policy has not moved since sampling, so the no-grad scoring
-        # forward equals the training forward: take old log-probs / values from it (detached), as TRL does
-        single_pass = self.patched and p.ppo_epochs == 1 and p.minibatch_size >= resp.shape[0]
+        k = p.k if self.share_prompt else 1  # k > 1: the prompt runs once per query (umedfast.train.rollout)
+        # as run_ppo: with one epoch over one minibatch the training forward is also the scoring forward
+        single_pass = self.share_prompt and p.ppo_epochs == 1 and p.minibatch_size >= resp.shape[0]
         with torch.no_grad():
             if not single_pass:
-                old_lp, old_v, _ = policy_outputs(self.pwv, ro.batch, resp, pw)
+                old_lp, old_v, _ = policy_outputs(self.pwv, ro.batch, resp, pw, k=k, bundle=bundle)
             t("score_fwd")
-            if self.patched:
-                ref_lp = prefix_shared_outputs(self.ref, ro.batch, resp, pw, p.k, bundle, with_values=False)[0]
-            else:
-                ref_lp = reference_logprobs(self.ref, ro.batch, resp, pw)
+            ref_lp = reference_logprobs(self.ref, ro.batch, resp, pw, k=k, bundle=bundle)
             t("ref_fwd")
         rw = score_rollout(bundle, ro, self.judge, p)
         t("rewards")
         seq_r = rw.combined.total
         if single_pass:
-            lp, v, ent = prefix_shared_outputs(self.pwv, ro.batch, resp, pw, p.k, bundle, need_entropy=True)
+            lp, v, ent = policy_outputs(self.pwv, ro.batch, resp, pw, need_entropy=True, k=k, bundle=bundle)
             old_lp, old_v = lp.detach(), v.detach()
             t("train_fwd")
         kl = kl_penalty(old_lp, ref_lp, p.kl_estimator)
@@ -230,7 +164,7 @@ class UmedfastStep:
             adv, ret = group_advantages(seq_r, mask, p.k, p.advantage), None
         t("advantages")
         if not single_pass:
-            lp, v, ent = policy_outputs(self.pwv, ro.batch, resp, pw, need_entropy=True)
+            lp, v, ent = policy_outputs(self.pwv, ro.batch, resp, pw, need_entropy=True, k=k, bundle=bundle)
         pg, _ = policy_loss(lp, old_lp, adv, mask, p.clip_eps)
         loss = pg
         if critic:
@@ -341,7 +275,7 @@ def _bench_conftest():
 _bc = _bench_conftest()
 device_name, peak_memory_mb = _bc.device_name, _bc.peak_memory_mb
 
-PROVIDERS = ["umedfast_grpo", "trl_grpo", "umedfast_ppo_gae", "umedfast_grpo_patched"]
+PROVIDERS = ["umedfast_grpo", "trl_grpo", "umedfast_ppo_gae", "umedfast_grpo_full_fwd"]
 ROUNDS = int(os.environ.get("UMEDFAST_BENCH_ROUNDS", 5))
 THREADS = int(os.environ.get("UMEDFAST_BENCH_THREADS", 1))
 _RESULTS: dict[str, dict] = {}
@@ -353,7 +287,8 @@ def make_step(provider: str):
         if reason:
             pytest.skip(reason)
         return TRLStep()
-    return UmedfastStep("gae" if provider == "umedfast_ppo_gae" else "grpo", patched=provider.endswith("_patched"))
+    return UmedfastStep("gae" if provider == "umedfast_ppo_gae" else "grpo",
+                        share_prompt=not provider.endswith("_full_fwd"))
 
 
 @pytest.fixture(scope="module")

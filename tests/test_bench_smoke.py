@@ -1,6 +1,6 @@
-"""Smoke test of bench/bench_ppo_step.py: the RL step providers run, and the prefix-shared forward that the
-``umedfast_grpo_patched`` provider times gives the same log-probs, values, entropy and gradients as the full one
-(the bench's speed claim is only meaningful if the outputs are the same)."""
+"""Smoke test of bench/bench_ppo_step.py: the RL step providers run, and the prompt-shared forward that PPO uses
+(``policy_outputs(..., k=K)``) gives the same log-probs, values, entropy and gradients as the full one (the bench's
+speed claim is only meaningful if the outputs are the same)."""
 import sys
 from pathlib import Path
 
@@ -27,14 +27,14 @@ def records():
     return bps.synth_records()[:4]
 
 
-@pytest.mark.parametrize("advantage,patched", [("grpo", False), ("gae", False), ("grpo", True)])
-def test_umedfast_step_runs(one_thread, records, advantage, patched):
-    step = bps.UmedfastStep(advantage, sizes=TINY, records=records, patched=patched)
+@pytest.mark.parametrize("advantage,shared", [("grpo", True), ("gae", True), ("grpo", False)])
+def test_umedfast_step_runs(one_thread, records, advantage, shared):
+    step = bps.UmedfastStep(advantage, sizes=TINY, records=records, share_prompt=shared)
     before = [p.detach().clone() for p in step.bundle.model.parameters()]
     out = step()
     assert out["samples"] == TINY.batch and 1 <= out["resp_len"] <= TINY.max_new_tokens
     assert "generate" in step.phases and "backward" in step.phases
-    assert ("score_fwd" in step.phases) and (step.phases["score_fwd"][0] < 0.05 if patched else True)
+    assert ("score_fwd" in step.phases) and (step.phases["score_fwd"][0] < 0.05 if shared else True)
     # ALR alone can be 0 for every candidate of an untrained model (zero advantages): the KL term has a gradient
     # only once the policy moved, so check the optimizer ran instead of demanding changed weights
     assert step.opt.state, "AdamW never stepped"
@@ -57,8 +57,8 @@ def test_prefix_shared_outputs_match_full_forward(one_thread, records):
         return lp.detach(), v.detach(), ent.detach(), [p.grad.clone() if p.grad is not None else None for p in params]
 
     full = run(lambda: policy_outputs(step.pwv, ro.batch, ro.response_ids, ro.prompt_width, need_entropy=True))
-    shared = run(lambda: bps.prefix_shared_outputs(step.pwv, ro.batch, ro.response_ids, ro.prompt_width, 3,
-                                                   step.bundle, need_entropy=True))
+    shared = run(lambda: policy_outputs(step.pwv, ro.batch, ro.response_ids, ro.prompt_width, need_entropy=True,
+                                        k=3, bundle=step.bundle))
     for a, b in zip(full[:3], shared[:3]):
         torch.testing.assert_close(a[m], b[m], atol=1e-5, rtol=1e-5)
     for ga, gb in zip(full[3], shared[3]):

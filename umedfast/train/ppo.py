@@ -66,13 +66,13 @@ def build_policy_and_reference(cfg: TrainConfig, device: str):
     return bundle, ref
 
 
-def ref_logprobs(bundle, ref, batch, resp, p):
+def ref_logprobs(bundle, ref, batch, resp, p, k=1):
     if ref is not None:
-        return reference_logprobs(ref, batch, resp, p)
+        return reference_logprobs(ref, batch, resp, p, k=k, bundle=bundle)
     from umedfast.model import adapters_disabled
 
     with adapters_disabled(bundle) as m:
-        return reference_logprobs(m, batch, resp, p)
+        return reference_logprobs(m, batch, resp, p, k=k, bundle=bundle)
 
 
 def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict:
@@ -118,13 +118,20 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         ro = sample_candidates(bundle, mine, k=p.k, temperature=p.temperature, top_p=p.top_p,
                                max_new_tokens=p.max_new_tokens)
         mask, resp, pw = ro.response_mask.to(device), ro.response_ids, ro.prompt_width
-        # 2. scoring forward (old log-probs, values), reference, VRR inside the rewards
+        # 2. scoring forward (old log-probs, values), reference, VRR inside the rewards. With one epoch over one
+        # minibatch the policy has not moved since sampling: the training forward IS the scoring forward, so take
+        # the old log-probs / values from it (detached) and skip one full forward (TRL does the same).
+        single_pass = p.ppo_epochs == 1 and p.minibatch_size >= resp.shape[0]
         with torch.no_grad():
-            old_lp, old_v, _ = policy_outputs(pwv, ro.batch, resp, pw)
-            ref_lp = ref_logprobs(bundle, ref, ro.batch, resp, pw)
+            if not single_pass:
+                old_lp, old_v, _ = policy_outputs(pwv, ro.batch, resp, pw, k=p.k, bundle=bundle)
+            ref_lp = ref_logprobs(bundle, ref, ro.batch, resp, pw, k=p.k)
         rw = score_rollout(bundle, ro, judge, p, box_format=cfg.data.box_format)
         guard.add("reward_nonfinite", rw.combined.nonfinite)
         seq_r = rw.combined.total.to(device)
+        if single_pass:
+            first = policy_outputs(ddp, ro.batch, resp, pw, need_entropy=True, k=p.k, bundle=bundle)
+            old_lp, old_v = first[0].detach(), first[1].detach()
         # 3. advantages
         kl = kl_penalty(old_lp, ref_lp, p.kl_estimator)
         if use_critic:
@@ -137,11 +144,19 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         stats = {"pg_loss": 0.0, "vf_loss": 0.0, "clip_frac": 0.0, "entropy": 0.0}
         n_upd, B = 0, resp.shape[0]
         for _ in range(p.ppo_epochs):
-            perm = torch.randperm(B)
+            # shuffle whole query groups so a minibatch holds complete groups of K (the prompt runs once per group)
+            grouped = p.minibatch_size % p.k == 0 and B % p.k == 0
+            perm = (torch.randperm(B // p.k)[:, None] * p.k + torch.arange(p.k)).flatten() if grouped \
+                else torch.randperm(B)
             for s in range(0, B, p.minibatch_size):
                 mb = perm[s:s + p.minibatch_size]
-                sub = select_rows(ro.batch, mb, bundle)
-                lp, v, ent = policy_outputs(ddp, sub, resp[mb], pw, need_entropy=True)
+                if single_pass:  # the whole batch, already forwarded with grad above (row order does not matter)
+                    mb = torch.arange(B)
+                    lp, v, ent = first
+                else:
+                    sub = select_rows(ro.batch, mb, bundle)
+                    lp, v, ent = policy_outputs(ddp, sub, resp[mb], pw, need_entropy=True,
+                                                k=p.k if grouped else 1, bundle=bundle)
                 m = mask[mb]
                 pg, cf = policy_loss(lp, old_lp[mb], adv[mb], m, p.clip_eps)
                 loss = pg
