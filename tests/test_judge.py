@@ -141,3 +141,12 @@ def test_openai_judge_failures_are_neutral(server):
     server.mode = "ok"
     dead = OpenAIJudge(base_url="http://127.0.0.1:9/v1", model="m", retries=0, timeout_s=0.5)
     assert dead.score(_items(1)) == [0.5] and dead.stats["failures"] == 1
+
+
+def test_rubric_gives_full_credit_to_every_normal_template_answer():
+    # the offline judge must not punish the answers the SFT data teaches for normal images
+    from umedfast.data import templates
+
+    phrases = [s for style in (templates._FULL, templates._COMPACT) for s in style["normal"]]
+    items = [JudgeItem("q", s.format(modality="chest X-ray"), labels=()) for s in phrases]
+    assert RubricJudge().score(items) == [1.0] * len(items)

@@ -41,8 +41,9 @@ class JudgeItem:
     other_classes: tuple[str, ...] = ()  # classes of the same source that are NOT in the image (naming one is wrong)
 
 
-_NORMAL_RE = re.compile(r"\b(no (visible |obvious |significant )?(abnormalit|lesion|finding)|normal (image|study|scan)"
-                        r"|unremarkable|within normal limits)", re.I)
+_NORMAL_RE = re.compile(r"\b(no (visible |obvious |significant )?(abnormal|lesion|finding)|nothing abnormal"
+                        r"|normal (image|study|scan)|(image|study|scan) (is|appears|looks) normal|unremarkable"
+                        r"|within normal limits)", re.I)
 _DETECT_RE = re.compile(r"\b(abnormal|lesion|finding|detect|present|observe|shows?|visible|there is|there are)", re.I)
 _LOCATE_RE = re.compile(r"\b(locat|locali|region|box|area|at \[|position|upper|lower|left|right|cent(er|re))", re.I)
 _RECOG_RE = re.compile(r"\b(diagnos|consistent with|suggest|recogni|likely|class|impression|indicat|is an?|identified)",
