@@ -117,6 +117,14 @@ def select_rows(batch: dict, idx: torch.Tensor, bundle) -> dict:
     return out
 
 
+def _cache_kwarg(model) -> str:
+    """Name of the KV-cache argument of ``model.forward``: transformers renames ``past_key_values`` to ``cache``
+    (the old name is deprecated, to be removed in 5.40); older releases know only ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def prefix_shared_hidden(model, batch: dict, k: int, prompt_width: int, length: int, bundle):
     """Last hidden states Float[B, L, H] at positions P-1 .. P+L-2 with the prompt run ONCE per query.
 
@@ -140,7 +148,7 @@ def prefix_shared_hidden(model, batch: dict, k: int, prompt_width: int, length: 
     if length == 1:
         return h_last, base
     rest = base.model(input_ids=ids[:, P:P + length - 1], attention_mask=batch["attention_mask"][:, :P + length - 1],
-                      past_key_values=cache, use_cache=False, return_dict=True)
+                      **{_cache_kwarg(base.model): cache}, use_cache=False, return_dict=True)
     return torch.cat([h_last, rest.last_hidden_state], 1), base
 
 
