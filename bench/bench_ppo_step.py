@@ -78,7 +78,6 @@ def fresh_bundle():
     return load_vlm("tiny-llava", seed=0)
 
 
-@torch.no_grad()
 class _Phases:
     """Wall time between consecutive calls, appended to ``store[name]`` (phase breakdown of one step)."""
 
