@@ -158,6 +158,17 @@ def _can_share_prefix(model, bundle, k: int, n_rows: int) -> bool:
     return k > 1 and n_rows % k == 0 and bundle is not None and bundle.arch == "llava" and not ddp
 
 
+def head_logprobs_entropy(base, hidden: torch.Tensor, response_ids: torch.Tensor):
+    """(logprobs Float32[B, L], entropy Float32[B, L]) of ``response_ids`` [B, L] from the last hidden states
+    ``hidden`` [B, L, H] and the LM head of ``base``, through the fused kernel (``umedfast.kernels``): the [B, L, V]
+    logits are never materialized (Triton on GPU, the vocabulary-chunked torch path on CPU)."""
+    from umedfast.kernels import token_logprobs_entropy
+
+    head = base.lm_head
+    return token_logprobs_entropy(hidden, head.weight, response_ids, bias=head.bias,
+                                  backend="triton" if hidden.is_cuda else "torch")
+
+
 def policy_outputs(policy_with_value, batch: dict, response_ids: torch.Tensor, prompt_width: int,
                    *, need_entropy: bool = False, k: int = 1, bundle=None):
     """Forward the policy (+ value head) and read the response positions.
@@ -171,9 +182,8 @@ def policy_outputs(policy_with_value, batch: dict, response_ids: torch.Tensor, p
     separate_critic = getattr(policy_with_value, "critic", None) is not None  # values come from another model
     if not separate_critic and _can_share_prefix(policy_with_value, bundle, k, response_ids.shape[0]):
         h, base = prefix_shared_hidden(policy_with_value.policy, batch, k, prompt_width, response_ids.shape[1], bundle)
-        lg = base.lm_head(h)
-        return (gather_logprobs(lg, response_ids), policy_with_value.value_head(h).float(),
-                entropy_from_logits(lg) if need_entropy else None)
+        lp, ent = head_logprobs_entropy(base, h, response_ids)
+        return lp, policy_with_value.value_head(h).float(), ent if need_entropy else None
     logits, values = policy_with_value(**model_inputs(batch))
     length = response_ids.shape[1]
     sl = slice(prompt_width - 1, prompt_width - 1 + length)
@@ -191,7 +201,7 @@ def reference_logprobs(model, batch: dict, response_ids: torch.Tensor, prompt_wi
     if _can_share_prefix(model, bundle, k, response_ids.shape[0]):
         with torch.no_grad():
             h, base = prefix_shared_hidden(model, batch, k, prompt_width, response_ids.shape[1], bundle)
-            return gather_logprobs(base.lm_head(h), response_ids)
+            return head_logprobs_entropy(base, h, response_ids)[0]
     with torch.no_grad():
         logits = model(**model_inputs(batch), use_cache=False).logits
     length = response_ids.shape[1]
