@@ -54,6 +54,11 @@ def plot_sample(image, gt_boxes01: Sequence, pred_boxes01: Sequence, path, *, he
     for a in axes.flat:
         a.set_xticks([])
         a.set_yticks([])
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    """Lay out, write ``fig`` as PNG at ``path`` (parents created), free it, return the path."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,9 +132,4 @@ def plot_training_curves(rows: Sequence[dict], path) -> Path | None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
