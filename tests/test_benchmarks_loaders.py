@@ -120,3 +120,9 @@ def test_pneumoniamnist_npz(tmp_path):
     np.savez(tmp_path / "bad" / "pneumoniamnist.npz", test_images=arrays["test_images"])
     with pytest.raises(BenchmarkFormatError, match="test_labels"):
         load_pneumoniamnist(tmp_path / "bad")
+
+
+def test_broken_json_names_file_and_line(tmp_path):
+    (tmp_path / "VQA_RAD Dataset Public.json").write_text('[\n  {"qid": 1,\n  oops\n]', encoding="utf-8")
+    with pytest.raises(BenchmarkFormatError, match=r"VQA_RAD Dataset Public\.json: invalid JSON at line 3"):
+        load_vqa_rad(tmp_path, require_images=False)

@@ -13,13 +13,14 @@ Loaders (every image path is resolved under `root` and must stay inside it):
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from umedfast.data.sources.common import read_json
 
 BENCHMARKS = ("vqa_rad", "slake", "pmc_vqa", "pneumoniamnist")
 CHOICE_LETTERS = "ABCD"
@@ -126,10 +127,7 @@ def _find_file(root: Path, name: str) -> Path:
 
 
 def _load_json_list(path: Path) -> list[dict]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise BenchmarkFormatError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, BenchmarkFormatError)
     if not isinstance(data, list):
         raise BenchmarkFormatError(f"{path}: expected a JSON list of questions, got {type(data).__name__}")
     return data

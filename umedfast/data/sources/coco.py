@@ -1,22 +1,18 @@
 """COCO detection JSON (images / annotations with xywh bbox / categories), shared by TBX11K and KidneyStone."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
 from umedfast.boxes import xywh_to_xyxy
 from umedfast.data.records import Finding
-from umedfast.data.sources.common import Collector, ImageIndex, SourceFormatError, check_box, image_size
+from umedfast.data.sources.common import Collector, ImageIndex, SourceFormatError, check_box, image_size, read_json
 
 
 def load_coco(json_path: Path, index: ImageIndex, col: Collector, *, source: str, modality: str,
               label_of: Callable[[str], str], split: str | None = None, normals: bool = True) -> None:
     """Add the findings of one COCO file to ``col``; images without annotations become normal findings."""
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SourceFormatError(f"{json_path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    data = read_json(json_path)
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise SourceFormatError(f"{json_path}: missing list '{key}' (not a COCO detection file)")

@@ -2,6 +2,7 @@
 confined to the dataset root, image headers, box checks."""
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -146,3 +147,11 @@ def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise SourceFormatError(f"{what} not found: {path}")
     return path
+
+
+def read_json(path: Path, error: type[ValueError] = SourceFormatError):
+    """Parsed JSON of ``path``; a syntax error raises ``error`` naming the file and line (never a bare traceback)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None

@@ -2,12 +2,11 @@
 images ``images/<stem>.jpg``, every box labeled polyp."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from umedfast.data.records import Finding
 from umedfast.data.sources.common import (Collector, ImageIndex, SourceFormatError, check_box, image_size,
-                                          require_file)
+                                          read_json, require_file)
 
 
 def load(root: Path, skip_bad: bool = False):
@@ -15,10 +14,7 @@ def load(root: Path, skip_bad: bool = False):
     path = next((p for p in cands if p.is_file()), None)
     if path is None:
         require_file(cands[0], "Kvasir-SEG kavsir_bboxes.json")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SourceFormatError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise SourceFormatError(f"{path}: expected an object {{stem: {{height, width, bbox}}}}")
     index = ImageIndex(root)
