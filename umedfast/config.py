@@ -26,8 +26,8 @@ class ModelConfig:
     lora_r: int = 16                    # LoRA rank
     lora_alpha: int = 32                # LoRA scale numerator
     lora_dropout: float = 0.05          # dropout on the adapter input
-    tiny_text_layers: int = 3           # tiny default only: language-model depth (docs/models.md: chosen by measurement)
-    tiny_text_hidden: int = 192         # tiny default only: language-model width
+    tiny_text_layers: int = 0           # tiny default only: language-model depth; 0 = umedfast.model.TinySizes'
+    tiny_text_hidden: int = 0           # tiny default only: language-model width; 0 = TinySizes' (docs/models.md)
 
 
 @dataclass

@@ -79,7 +79,9 @@ def load_policy(cfg: TrainConfig, device: str, name_or_path: str | None = None, 
 
     name = name_or_path or cfg.model.name
     lora = cfg.model.lora if lora is None else lora
-    tiny = TinySizes(text_layers=cfg.model.tiny_text_layers, text_hidden=cfg.model.tiny_text_hidden)
+    m = cfg.model  # 0 keeps the model package's measured default size
+    sizes = {"text_layers": m.tiny_text_layers, "text_hidden": m.tiny_text_hidden}
+    tiny = TinySizes(**{k: v for k, v in sizes.items() if v})
     settings = LoraSettings(r=cfg.model.lora_r, alpha=cfg.model.lora_alpha, dropout=cfg.model.lora_dropout) \
         if lora else None
     return load_vlm(name, dtype=model_dtype(cfg, device), device=device, seed=cfg.seed,
