@@ -27,24 +27,26 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k1") -> Tens
 
 
 def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
-                clip_eps: float = 0.2) -> tuple[Tensor, Tensor]:
+                clip_eps: float = 0.2, denom: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Clipped surrogate loss of PPO: ``mean(max(-A r, -A clip(r, 1-eps, 1+eps)))`` over response tokens.
 
-    Returns ``(loss scalar, clip_fraction scalar)``.
+    Returns ``(loss scalar, clip_fraction scalar)``. ``denom``: see :func:`~umedfast.rl.stats.masked_mean`.
     """
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    clip_frac = masked_mean((clipped > unclipped).to(logprobs.dtype), mask)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask, denom=denom)
+    clip_frac = masked_mean((clipped > unclipped).to(logprobs.dtype), mask, denom=denom)
     return loss, clip_frac.detach()
 
 
 def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
-               clip_range: float = 0.2) -> Tensor:
-    """Clipped value loss: ``0.5 * mean(max((v - R)^2, (v_old + clip(v - v_old, -c, c) - R)^2))``."""
+               clip_range: float = 0.2, denom: float | Tensor | None = None) -> Tensor:
+    """Clipped value loss: ``0.5 * mean(max((v - R)^2, (v_old + clip(v - v_old, -c, c) - R)^2))``.
+
+    ``denom``: see :func:`~umedfast.rl.stats.masked_mean`."""
     v_clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
-    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2), mask, denom=denom)
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:

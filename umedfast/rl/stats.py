@@ -5,10 +5,16 @@ import torch
 from torch import Tensor
 
 
-def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """Mean of ``x`` where ``mask`` is true. ``x``, ``mask``: same shape. An all-zero mask gives 0, never NaN."""
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None, denom: float | Tensor | None = None) -> Tensor:
+    """Mean of ``x`` where ``mask`` is true. ``x``, ``mask``: same shape. An all-zero mask gives 0, never NaN.
+
+    ``denom`` (full reduction only) replaces the local token count, e.g. by the token count of all ranks divided by
+    the world size, so that DDP's gradient average equals the mean over every rank's tokens.
+    """
     mask = mask.to(x.dtype)
     if dim is None:
+        if denom is not None:
+            return (x * mask).sum() / denom
         return (x * mask).sum() / mask.sum().clamp_min(1.0)
     return (x * mask).sum(dim) / mask.sum(dim).clamp_min(1.0)
 

@@ -42,6 +42,31 @@ def global_whiten(x: torch.Tensor, mask: torch.Tensor, d: Dist, eps: float = 1e-
     return ((x - mean.float()) * torch.rsqrt(var.float() + eps)) * m
 
 
+def minibatch_loss(p, d: Dist, lp, v, ent, old_lp, old_v, adv, ret, ref_lp, m) -> tuple[torch.Tensor, dict]:
+    """PPO loss of one minibatch on this rank -> (loss, {"pg_loss", "vf_loss", "clip_frac", "entropy"}).
+
+    Per-token Float[b, L] inputs (``ret`` None = critic-free: no value loss, k3 KL in the loss). Token means are
+    taken over the minibatch of ALL ranks: local sum / (global token count / world), so DDP's gradient average is
+    the gradient one process computes on the whole global minibatch, even when ranks hold different token counts
+    (a per-rank mean would weight a short rank's tokens more). Every rank must call it (one scalar all-reduce).
+    """
+    den = (all_reduce_sum(m.sum().cpu(), d) / d.world).clamp_min(1.0 / d.world).to(m.device)
+    pg, cf = policy_loss(lp, old_lp, adv, m, p.clip_eps, denom=den)
+    loss = pg
+    if ret is not None:
+        vf = value_loss(v, old_v, ret, m, p.value_clip, denom=den)
+        loss = loss + p.vf_coef * vf
+    else:
+        vf = torch.zeros(())
+        loss = loss + 0.0 * v.sum()  # keep the value head in DDP's graph (no unused parameters)
+        if p.kl_coef:
+            loss = loss + p.kl_coef * masked_mean(kl_penalty(lp, ref_lp, "k3"), m, denom=den)
+    ent_m = masked_mean(ent, m, denom=den)
+    if p.ent_coef:
+        loss = loss - p.ent_coef * ent_m
+    return loss, {"pg_loss": pg, "vf_loss": vf, "clip_frac": cf, "entropy": ent_m}
+
+
 def init_path(cfg: TrainConfig) -> str:
     """The policy stage 2 starts from: ``ppo.init_from``, else the SFT output, else ``model.name``."""
     if cfg.ppo.init_from:
@@ -85,7 +110,9 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
     device = resolve_device(cfg, d)
     if p.queries_per_step % d.world:
         raise ValueError(f"ppo.queries_per_step={p.queries_per_step} must be divisible by the world size {d.world}")
-    seed_everything(cfg.seed + 1000 + d.rank)  # ranks sample different candidates
+    # sampling is keyed by (seed, step, query, candidate) (umedfast.train.sampling), not by this RNG: any world
+    # size samples the same candidates
+    seed_everything(cfg.seed + 1000)
     train, held = load_records(cfg, d)
     bundle, ref = build_policy_and_reference(cfg, device)
     vh = ValueHead(hidden_size(bundle.base_model)).to(device)
@@ -116,7 +143,7 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         epoch, idx = order.next_batch(p.queries_per_step)
         mine = [train[i] for i in idx][d.rank::d.world]
         ro = sample_candidates(bundle, mine, k=p.k, temperature=p.temperature, top_p=p.top_p,
-                               max_new_tokens=p.max_new_tokens)
+                               max_new_tokens=p.max_new_tokens, seed=cfg.seed, step=step)
         mask, resp, pw = ro.response_mask.to(device), ro.response_ids, ro.prompt_width
         # 2. scoring forward (old log-probs, values), reference, VRR inside the rewards. With one epoch over one
         # minibatch the policy has not moved since sampling: the training forward IS the scoring forward, so take
@@ -143,11 +170,13 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         # 4. PPO epochs over minibatches
         stats = {"pg_loss": 0.0, "vf_loss": 0.0, "clip_frac": 0.0, "entropy": 0.0}
         n_upd, B = 0, resp.shape[0]
-        for _ in range(p.ppo_epochs):
-            # shuffle whole query groups so a minibatch holds complete groups of K (the prompt runs once per group)
+        for e in range(p.ppo_epochs):
+            # shuffle whole query groups so a minibatch holds complete groups of K (the prompt runs once per group);
+            # seeded by (seed, step, epoch): a resumed run reshuffles the same way
+            gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 101 + e)
             grouped = p.minibatch_size % p.k == 0 and B % p.k == 0
-            perm = (torch.randperm(B // p.k)[:, None] * p.k + torch.arange(p.k)).flatten() if grouped \
-                else torch.randperm(B)
+            perm = (torch.randperm(B // p.k, generator=gen)[:, None] * p.k + torch.arange(p.k)).flatten() \
+                if grouped else torch.randperm(B, generator=gen)
             for s in range(0, B, p.minibatch_size):
                 mb = perm[s:s + p.minibatch_size]
                 if single_pass:  # the whole batch, already forwarded with grad above (row order does not matter)
@@ -157,20 +186,8 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
                     sub = select_rows(ro.batch, mb, bundle)
                     lp, v, ent = policy_outputs(ddp, sub, resp[mb], pw, need_entropy=True,
                                                 k=p.k if grouped else 1, bundle=bundle)
-                m = mask[mb]
-                pg, cf = policy_loss(lp, old_lp[mb], adv[mb], m, p.clip_eps)
-                loss = pg
-                if use_critic:
-                    vf = value_loss(v, old_v[mb], ret[mb], m, p.value_clip)
-                    loss = loss + p.vf_coef * vf
-                else:
-                    vf = torch.zeros(())
-                    loss = loss + 0.0 * v.sum()  # keep the value head in DDP's graph (no unused parameters)
-                    if p.kl_coef:
-                        loss = loss + p.kl_coef * masked_mean(kl_penalty(lp, ref_lp[mb], "k3"), m)
-                ent_m = masked_mean(ent, m)
-                if p.ent_coef:
-                    loss = loss - p.ent_coef * ent_m
+                loss, parts = minibatch_loss(p, d, lp, v, ent, old_lp[mb], old_v[mb], adv[mb],
+                                             ret[mb] if use_critic else None, ref_lp[mb], mask[mb])
                 if not guard.ok("ppo_loss", loss):
                     loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # every rank must still join the all-reduce
                 loss.backward()
@@ -180,9 +197,12 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
                         opt.zero_grad(set_to_none=True)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                for key, val in (("pg_loss", pg), ("vf_loss", vf), ("clip_frac", cf), ("entropy", ent_m)):
+                for key, val in parts.items():
                     stats[key] += float(val.detach())
                 n_upd += 1
+        # per-rank values are sum_r / (N / world): their mean over ranks is the mean over all tokens
+        stats = dict(zip(stats, (all_reduce_sum(torch.tensor(list(stats.values()), dtype=torch.float64), d)
+                                 / d.world).tolist()))
         sched.step()
         step += 1
         # 5. metrics (reward statistics over all ranks)

@@ -42,9 +42,17 @@ def response_mask_from_ids(ids: torch.Tensor, eos_id: int | None) -> torch.Tenso
 
 @torch.no_grad()
 def sample_candidates(bundle, records: list, *, k: int, temperature: float, top_p: float,
-                      max_new_tokens: int) -> Rollout:
-    """Generate ``k`` sampled responses per record with the KV cache; returns the :class:`Rollout`."""
+                      max_new_tokens: int, seed: int = 0, step: int = 0, synced_gpus: bool = False) -> Rollout:
+    """Generate ``k`` sampled responses per record with the KV cache; returns the :class:`Rollout`.
+
+    Candidate ``j`` of a record is a pure function of (``seed``, ``step``, record id, ``j``) and the model
+    (:mod:`umedfast.train.sampling`), so any split of the queries across ranks samples the same tokens.
+    ``synced_gpus``: keep stepping until every rank is done (FSDP: each forward is a collective).
+    """
+    from transformers import LogitsProcessorList
+
     from umedfast.model import collate_chat, model_inputs
+    from umedfast.train.sampling import CounterGumbelSampler, row_keys
 
     model = bundle.model
     tok = bundle.tokenizer
@@ -55,8 +63,10 @@ def sample_candidates(bundle, records: list, *, k: int, temperature: float, top_
     was = model.training
     model.eval()
     try:
-        seq = model.generate(**model_inputs(gen), do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                             max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+        keys = row_keys(seed, step, [r.id for r in reps], [j for _ in records for j in range(k)])
+        sampler = CounterGumbelSampler(keys, gen["input_ids"].shape[1], temperature, top_p)
+        seq = model.generate(**model_inputs(gen), do_sample=False, logits_processor=LogitsProcessorList([sampler]),
+                             max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, synced_gpus=synced_gpus,
                              suppress_tokens=[bundle.image_token_id])  # an image placeholder in a response breaks
                                                                        # the scoring forward (features != tokens)
     finally:
