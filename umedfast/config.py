@@ -123,6 +123,7 @@ class TrainConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    parallel: str = "ddp"               # torchrun data parallelism: "ddp" (replicas) or "fsdp2" (sharded weights/optim)
 
 
 class ConfigError(ValueError):

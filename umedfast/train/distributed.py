@@ -90,6 +90,40 @@ def wrap_ddp(module: torch.nn.Module, d: Dist, device: str) -> torch.nn.Module:
     return DDP(module, device_ids=ids, find_unused_parameters=True)
 
 
+def check_parallel(parallel: str) -> None:
+    if parallel not in ("ddp", "fsdp2"):
+        raise ValueError(f"parallel must be 'ddp' or 'fsdp2', got {parallel!r}")
+
+
+def use_fsdp(parallel: str, d: Dist) -> bool:
+    """FSDP2 applies under torchrun with world > 1; one process trains unsharded whatever ``parallel`` says."""
+    check_parallel(parallel)
+    return parallel == "fsdp2" and d.enabled
+
+
+def no_sync(module: torch.nn.Module, d: Dist, sync: bool):
+    """Context for one backward of a gradient-accumulation step: ``sync=False`` skips the gradient reduction
+    (DDP ``no_sync``, FSDP2 ``set_requires_gradient_sync``); the last micro-batch syncs."""
+    from contextlib import contextmanager, nullcontext
+
+    from umedfast.train.fsdp import is_sharded
+
+    if sync or not d.enabled:
+        return nullcontext()
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        return module.no_sync()
+    if is_sharded(module):
+        @contextmanager
+        def off():
+            module.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                module.set_requires_gradient_sync(True)
+        return off()
+    return nullcontext()
+
+
 def cleanup(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()

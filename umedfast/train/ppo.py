@@ -26,7 +26,9 @@ from umedfast.rl import (gae_advantages, group_advantages, kl_penalty, masked_me
 from umedfast.train.aar import score_rollout
 from umedfast.train.checkpoint import EpochOrder, latest_checkpoint, load_training_state, save_training_state
 from umedfast.train.common import load_policy, load_records, resolve_device, seed_everything, trainable, warmup_cosine
-from umedfast.train.distributed import Dist, all_gather_floats, all_reduce_sum, barrier, wrap_ddp
+from umedfast.train.distributed import Dist, all_gather_floats, all_reduce_sum, barrier, use_fsdp, wrap_ddp
+from umedfast.train.fsdp import (RootPolicyWithValue, checkpoint_views, gathered_for_save, scalar, shard_model,
+                                 shard_small)
 from umedfast.train.metrics import MetricsLogger, NonFiniteGuard
 from umedfast.train.rollout import policy_outputs, reference_logprobs, sample_candidates, select_rows
 from umedfast.train.sft import evaluate
@@ -118,7 +120,15 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
     vh = ValueHead(hidden_size(bundle.base_model)).to(device)
     pwv = PolicyWithValue(bundle, vh)
     pwv.eval()  # no dropout: sampling, scoring and updates see the same function
-    ddp = wrap_ddp(pwv, d, device)
+    fsdp = use_fsdp(cfg.parallel, d)
+    if fsdp:  # policy, frozen reference and value head sharded; every forward goes through a root module
+        shard_model(bundle.model, d, device)
+        if ref is not None:
+            shard_model(ref, d, device)
+        shard_small(vh, d, device)
+        ddp = scorer = RootPolicyWithValue(pwv)
+    else:
+        ddp, scorer = wrap_ddp(pwv, d, device), pwv  # no-grad scoring skips DDP's hooks
     pol_params = trainable(bundle.model)
     opt = torch.optim.AdamW([{"params": pol_params, "lr": p.lr}, {"params": list(vh.parameters()), "lr": p.value_lr}],
                             weight_decay=0.0)
@@ -131,7 +141,8 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
     step = 0
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        st = load_training_state(ckpt, model=bundle.model, value_head=vh, optimizer=opt, scheduler=sched,
+        m_, o_, v_ = checkpoint_views(bundle.model, opt, d, value_head=vh, opt_root=pwv)
+        st = load_training_state(ckpt, model=m_, value_head=v_, optimizer=o_, scheduler=sched,
                                  order=order, d=d, device=device)
         step = st["step"]
     log = MetricsLogger(run_dir, enabled=d.is_main)
@@ -143,7 +154,7 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         epoch, idx = order.next_batch(p.queries_per_step)
         mine = [train[i] for i in idx][d.rank::d.world]
         ro = sample_candidates(bundle, mine, k=p.k, temperature=p.temperature, top_p=p.top_p,
-                               max_new_tokens=p.max_new_tokens, seed=cfg.seed, step=step)
+                               max_new_tokens=p.max_new_tokens, seed=cfg.seed, step=step, synced_gpus=fsdp)
         mask, resp, pw = ro.response_mask.to(device), ro.response_ids, ro.prompt_width
         # 2. scoring forward (old log-probs, values), reference, VRR inside the rewards. With one epoch over one
         # minibatch the policy has not moved since sampling: the training forward IS the scoring forward, so take
@@ -151,7 +162,7 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         single_pass = p.ppo_epochs == 1 and p.minibatch_size >= resp.shape[0]
         with torch.no_grad():
             if not single_pass:
-                old_lp, old_v, _ = policy_outputs(pwv, ro.batch, resp, pw, k=p.k, bundle=bundle)
+                old_lp, old_v, _ = policy_outputs(scorer, ro.batch, resp, pw, k=p.k, bundle=bundle)
             ref_lp = ref_logprobs(bundle, ref, ro.batch, resp, pw, k=p.k)
         rw = score_rollout(bundle, ro, judge, p, box_format=cfg.data.box_format)
         guard.add("reward_nonfinite", rw.combined.nonfinite)
@@ -192,7 +203,7 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
                     loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # every rank must still join the all-reduce
                 loss.backward()
                 if p.max_grad_norm > 0:
-                    gn = torch.nn.utils.clip_grad_norm_(pol_params + list(vh.parameters()), p.max_grad_norm)
+                    gn = scalar(torch.nn.utils.clip_grad_norm_(pol_params + list(vh.parameters()), p.max_grad_norm))
                     if not guard.ok("ppo_grad_norm", gn):
                         opt.zero_grad(set_to_none=True)
                 opt.step()
@@ -222,11 +233,13 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         bar.set_postfix(R=f"{row['reward']:.2f}", llm=f"{row['r_llm']:.2f}", alr=f"{row['alr']:.2f}",
                         vrr=f"{row['vrr']:.3f}", iou=f"{row['iou']:.2f}", kl=f"{row['kl']:.3f}")
         if (p.save_every and step % p.save_every == 0) or step == p.steps:
-            save_training_state(run_dir, step, model=bundle.model, value_head=vh, optimizer=opt, scheduler=sched,
+            m_, o_, v_ = checkpoint_views(bundle.model, opt, d, value_head=vh, opt_root=pwv)
+            save_training_state(run_dir, step, model=m_, value_head=v_, optimizer=o_, scheduler=sched,
                                 order=order, d=d)
     bar.close()
-    if d.is_main:
-        save_checkpoint(run_dir / "final", bundle, vh)
+    with gathered_for_save([bundle.model, bundle.base_model, vh], d):
+        if d.is_main:
+            save_checkpoint(run_dir / "final", bundle, vh)
     barrier(d)
     ev = evaluate(cfg, bundle, held, run_dir / "eval.json", d, p.eval_max_new_tokens)
     summary = log.summary({"steps": step, "nonfinite": guard.counts, "eval": ev, "judge": getattr(judge, "stats", {})})

@@ -163,9 +163,13 @@ def prefix_shared_hidden(model, batch: dict, k: int, prompt_width: int, length: 
 
 
 def _can_share_prefix(model, bundle, k: int, n_rows: int) -> bool:
-    # DDP must see its own forward (gradient hooks): keep the full forward there; Qwen2-VL needs M-RoPE positions
+    # DDP must see its own forward (gradient hooks) and FSDP2 its root forward (the root's weights are gathered
+    # there): keep the full forward for both; Qwen2-VL needs M-RoPE positions
+    from umedfast.train.fsdp import is_sharded
+
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-    return k > 1 and n_rows % k == 0 and bundle is not None and bundle.arch == "llava" and not ddp
+    return k > 1 and n_rows % k == 0 and bundle is not None and bundle.arch == "llava" and not ddp \
+        and not is_sharded(model)
 
 
 def head_logprobs_entropy(base, hidden: torch.Tensor, response_ids: torch.Tensor):

@@ -7,7 +7,6 @@ layout) for stage 2.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -18,7 +17,8 @@ from umedfast.config import TrainConfig
 from umedfast.train.checkpoint import EpochOrder, latest_checkpoint, load_training_state, save_training_state
 from umedfast.train.common import (autocast, load_policy, load_records, resolve_device, seed_everything,
                                    trainable, warmup_cosine)
-from umedfast.train.distributed import Dist, all_reduce_sum, barrier, wrap_ddp
+from umedfast.train.distributed import Dist, all_reduce_sum, barrier, no_sync, use_fsdp, wrap_ddp
+from umedfast.train.fsdp import checkpoint_views, gathered_for_save, is_sharded, scalar, shard_model
 from umedfast.train.metrics import MetricsLogger, NonFiniteGuard
 
 
@@ -36,14 +36,25 @@ def response_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 
 
 def evaluate(cfg: TrainConfig, bundle, held: list, out_path: Path, d: Dist, max_new_tokens: int) -> dict | None:
-    """Greedy generation on the held-out records and ``eval.json`` (main rank only; others wait)."""
+    """Greedy generation on the held-out records and ``eval.json`` (main rank only; others wait).
+
+    A sharded (FSDP2) model's forwards are collectives: every rank generates the same records then (in lockstep),
+    the others write to a scratch directory that is removed."""
     metrics = None
-    if d.is_main and held:
+    sharded = is_sharded(bundle.model)
+    if held and (d.is_main or sharded):
+        import shutil
+        import tempfile
+
         from umedfast.eval.mau import evaluate_and_write
 
-        metrics = evaluate_and_write(bundle, held, out_path, batch_size=cfg.eval_batch_size,
-                                     max_new_tokens=max_new_tokens, box_format=cfg.data.box_format,
-                                     progress=cfg.progress)
+        scratch = None if d.is_main else Path(tempfile.mkdtemp(prefix=f"umedfast_eval_rank{d.rank}_"))
+        metrics = evaluate_and_write(bundle, held, scratch / out_path.name if scratch else out_path,
+                                     batch_size=cfg.eval_batch_size, max_new_tokens=max_new_tokens,
+                                     box_format=cfg.data.box_format, progress=cfg.progress and d.is_main)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+            metrics = None
     barrier(d)
     return metrics
 
@@ -60,7 +71,7 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
     bundle = load_policy(cfg, device)
     model = bundle.model
     model.train()
-    ddp = wrap_ddp(model, d, device)
+    ddp = shard_model(model, d, device) if use_fsdp(cfg.parallel, d) else wrap_ddp(model, d, device)
     params = trainable(model)
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
     micro = s.batch_size * d.world  # global micro-batch
@@ -76,7 +87,8 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
     step, last_eval = 0, None
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        st = load_training_state(ckpt, model=model, optimizer=opt, scheduler=sched, order=order, d=d, device=device)
+        m_, o_, _ = checkpoint_views(model, opt, d)
+        st = load_training_state(ckpt, model=m_, optimizer=o_, scheduler=sched, order=order, d=d, device=device)
         step = st["step"]
         last_eval = st["extra"].get("eval")
     log = MetricsLogger(run_dir, enabled=d.is_main)
@@ -95,8 +107,7 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         n_global = float(all_reduce_sum(torch.tensor(float(n_local)), d))
         loss_sum = torch.zeros(())
         for j, b in enumerate(batches):
-            sync = nullcontext() if (j == len(batches) - 1 or not d.enabled) else ddp.no_sync()
-            with sync, autocast(device, dtype):
+            with no_sync(ddp, d, sync=j == len(batches) - 1), autocast(device, dtype):
                 logits = ddp(**model_inputs(b)).logits
                 ce, _ = response_ce_sum(logits, b["labels"])
                 loss = ce * d.world / max(n_global, 1.0)
@@ -104,7 +115,7 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
             loss_sum += ce.detach().cpu()
         mean_loss = float(all_reduce_sum(loss_sum, d)) / max(n_global, 1.0)
         if guard.ok("sft_loss", mean_loss):
-            gnorm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm) if s.max_grad_norm > 0 else None
+            gnorm = scalar(torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)) if s.max_grad_norm > 0 else None
             if gnorm is None or guard.ok("sft_grad_norm", gnorm):
                 opt.step()
         opt.zero_grad(set_to_none=True)
@@ -123,11 +134,13 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
             if last_eval is not None:
                 log.log(step, {f"eval_{k}": v for k, v in last_eval.items() if isinstance(v, (int, float))})
         if (s.save_every and step % s.save_every == 0) or step == total:
-            save_training_state(run_dir, step, model=model, optimizer=opt, scheduler=sched, order=order, d=d,
+            m_, o_, _ = checkpoint_views(model, opt, d)
+            save_training_state(run_dir, step, model=m_, optimizer=o_, scheduler=sched, order=order, d=d,
                                 extra={"eval": last_eval})
     bar.close()
-    if d.is_main:
-        save_checkpoint(run_dir / "final", bundle)
+    with gathered_for_save([model, bundle.base_model], d):
+        if d.is_main:
+            save_checkpoint(run_dir / "final", bundle)
     barrier(d)
     summary = log.summary({"steps": step, "nonfinite": guard.counts, "eval": last_eval})
     log.close()
