@@ -5,6 +5,7 @@ PPO is comparable because sampling is keyed by (seed, step, query, candidate) ra
 and every token mean is taken over the tokens of all ranks. Each rank's minibatch covers its whole shard
 (``minibatch_size`` >= local batch), with 2 PPO epochs so the separate scoring forward and two updates per step run.
 """
+import json
 import shutil
 import sys
 
@@ -94,6 +95,9 @@ def test_fsdp2_equals_one_rank_and_resumes(one, tmp_path):
     shutil.copytree(one / "data", two / "data")
     _torchrun(two, "parallel=fsdp2", "ppo.save_every=1")
     _assert_same_run(one, two)
+    for stage in ("sft", "ppo"):  # each rank really holds half of the weights (rank 0 gets the odd rows)
+        assert 0.45 < json.loads((two / stage / "summary.json").read_text())["param_fraction_per_rank"] < 0.6
+        assert json.loads((one / stage / "summary.json").read_text())["param_fraction_per_rank"] == 1.0
     final = two / "ppo" / "final"
     assert (final / "config.json").is_file() and (final / "value_head.safetensors").is_file()
     before = {n: _weights(final / n) for n in ("model.safetensors", "value_head.safetensors")}

@@ -3,9 +3,9 @@ device: every rank holds 1/world of each, and gathers a layer's weights only whi
 
 ``parallel: fsdp2`` (top level of the config) under torchrun. Units: each transformer block (class name ending in
 ``DecoderLayer`` / ``EncoderLayer`` / ``VisionBlock``: LLaVA's Llama + CLIP layers, Qwen2-VL's text + vision blocks),
-the inner model's vision parts (vision tower, projector), then the model itself as the root (text embeddings, final
-norm, LM head). Gradients are reduce-scattered and
-averaged over ranks, exactly like DDP's all-reduce, so the losses keep their DDP normalization.
+the inner model's vision parts (vision tower, projector), then the HF model itself as the root (text embeddings,
+final norm, LM head; under LoRA the base model inside peft). Gradients are reduce-scattered and averaged over
+ranks, exactly like DDP's all-reduce, so the losses keep their DDP normalization.
 
 Every forward is a collective, which the rest of the loop respects:
 - generation runs with ``synced_gpus=True`` (a rank that finished keeps stepping until all have);
@@ -13,8 +13,8 @@ Every forward is a collective, which the rest of the loop respects:
 - the PPO forward goes through the root module (:class:`RootPolicyWithValue`), never an inner submodule, so the
   root's weights are gathered; the prompt-shared forward (inner-model calls) is off, as under DDP;
 - checkpoints gather full state dicts (:func:`full_model_state`, :func:`full_optimizer_state`) so the files are
-  the same ``model.safetensors`` / ``optimizer.pt`` / ``save_pretrained`` layout as DDP and 1 process, and resume
-  loads them back into the shards (a checkpoint can be resumed under either mode).
+  the same ``model.safetensors`` / ``save_pretrained`` layout as DDP and 1 process (``optimizer.pt`` holds the full
+  AdamW state keyed by parameter name), and resume loads them back into the shards.
 """
 from __future__ import annotations
 
@@ -61,9 +61,10 @@ def shard_model(model: torch.nn.Module, d: Dist, device: str) -> torch.nn.Module
     for m in units + _not_hf_models(parts):
         if not _is_fsdp_class(m):  # a block reached again through its container
             fully_shard(m, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    _init_root(model)
-    model._is_fsdp_managed_module = True  # transformers' generate: synced_gpus defaults to True
+    # root: the HF model itself (a peft model's generate calls the base model's, bypassing peft's forward)
+    fully_shard(base, mesh=mesh)
+    _init_root(base)
+    base._is_fsdp_managed_module = True  # transformers' generate: synced_gpus defaults to True
     return model
 
 
@@ -100,6 +101,17 @@ def _init_root(module: torch.nn.Module) -> None:
     from torch.distributed.fsdp import fully_shard
 
     fully_shard.state(module)._lazy_init()
+
+
+def local_fraction(module: torch.nn.Module) -> float:
+    """Fraction of ``module``'s parameter elements stored on this rank (1.0 unsharded, ~1/world under FSDP2)."""
+    from torch.distributed.tensor import DTensor
+
+    full = local = 0
+    for p in module.parameters():
+        full += p.numel()
+        local += p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+    return local / max(1, full)
 
 
 def scalar(t) -> torch.Tensor:

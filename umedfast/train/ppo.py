@@ -27,8 +27,8 @@ from umedfast.train.aar import score_rollout
 from umedfast.train.checkpoint import EpochOrder, latest_checkpoint, load_training_state, save_training_state
 from umedfast.train.common import load_policy, load_records, resolve_device, seed_everything, trainable, warmup_cosine
 from umedfast.train.distributed import Dist, all_gather_floats, all_reduce_sum, barrier, use_fsdp, wrap_ddp
-from umedfast.train.fsdp import (RootPolicyWithValue, checkpoint_views, gathered_for_save, scalar, shard_model,
-                                 shard_small)
+from umedfast.train.fsdp import (RootPolicyWithValue, checkpoint_views, gathered_for_save, local_fraction, scalar,
+                                 shard_model, shard_small)
 from umedfast.train.metrics import MetricsLogger, NonFiniteGuard
 from umedfast.train.rollout import policy_outputs, reference_logprobs, sample_candidates, select_rows
 from umedfast.train.sft import evaluate
@@ -242,6 +242,7 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
             save_checkpoint(run_dir / "final", bundle, vh)
     barrier(d)
     ev = evaluate(cfg, bundle, held, run_dir / "eval.json", d, p.eval_max_new_tokens)
-    summary = log.summary({"steps": step, "nonfinite": guard.counts, "eval": ev, "judge": getattr(judge, "stats", {})})
+    summary = log.summary({"steps": step, "nonfinite": guard.counts, "eval": ev, "judge": getattr(judge, "stats", {}),
+                           "parallel": cfg.parallel, "param_fraction_per_rank": local_fraction(pwv)})
     log.close()
     return {"steps": step, "eval": ev, "summary": summary, "bundle": bundle}

@@ -18,7 +18,8 @@ from umedfast.train.checkpoint import EpochOrder, latest_checkpoint, load_traini
 from umedfast.train.common import (autocast, load_policy, load_records, resolve_device, seed_everything,
                                    trainable, warmup_cosine)
 from umedfast.train.distributed import Dist, all_reduce_sum, barrier, no_sync, use_fsdp, wrap_ddp
-from umedfast.train.fsdp import checkpoint_views, gathered_for_save, is_sharded, scalar, shard_model
+from umedfast.train.fsdp import (checkpoint_views, gathered_for_save, is_sharded, local_fraction, scalar,
+                                 shard_model)
 from umedfast.train.metrics import MetricsLogger, NonFiniteGuard
 
 
@@ -142,6 +143,7 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         if d.is_main:
             save_checkpoint(run_dir / "final", bundle)
     barrier(d)
-    summary = log.summary({"steps": step, "nonfinite": guard.counts, "eval": last_eval})
+    summary = log.summary({"steps": step, "nonfinite": guard.counts, "eval": last_eval, "parallel": cfg.parallel,
+                           "param_fraction_per_rank": local_fraction(model)})
     log.close()
     return {"steps": step, "eval": last_eval, "summary": summary, "bundle": bundle}
