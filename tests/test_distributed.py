@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from _train_helpers import metrics, run, TINY
 
-ARGS = ["sft.epochs=1", "sft.batch_size={bs}", "sft.max_steps=3", "sft.eval_every_epoch=false", "seed=0",
+ARGS = ["sft.epochs=1", "sft.batch_size={bs}", "sft.grad_accum=2", "sft.max_steps=3", "sft.eval_every_epoch=false", "seed=0",
         "sft.lr=2e-3", "sft.warmup_ratio=0", "ppo.steps=2", "ppo.queries_per_step=2", "ppo.k=2",
         "ppo.max_new_tokens=6", "ppo.minibatch_size=4", "ppo.ppo_epochs=2", "ppo.lr=1e-3", "ppo.value_lr=1e-2"]
 PPO_KEYS = ("reward", "r_llm", "alr", "iou", "vrr", "kl", "resp_len", "pg_loss", "vf_loss", "clip_frac", "entropy")
@@ -157,13 +157,15 @@ def _backward(net, rows, sl, d):
     v = out[..., 5]
     p = PPOConfig(ent_coef=0.01)
     ent = -(torch.softmax(out[..., :5], -1) * torch.log_softmax(out[..., :5], -1)).sum(-1)
-    loss, _ = minibatch_loss(p, d, lp, v, ent, old_lp, v.detach() * 0.9, adv, ret, lp.detach(), mask)
-    loss.backward()
+    gae, _ = minibatch_loss(p, d, lp, v, ent, old_lp, v.detach() * 0.9, adv, ret, lp.detach(), mask)
+    # the critic-free branch too (GRPO/RLOO: no value loss, k3 KL to a reference in the loss)
+    group, _ = minibatch_loss(p, d, lp, v, ent, old_lp, None, adv, None, lp.detach() + 0.3 * adv, mask)
+    (gae + group).backward()
 
 
 def test_ppo_minibatch_loss_two_ranks_equal_one_rank(tmp_path):
-    """DDP-averaged gradients of ``minibatch_loss`` on 2 gloo ranks with unequal token counts equal the 1-process
-    gradient on all rows; per-rank token means (the negative control) do not."""
+    """DDP-averaged gradients of ``minibatch_loss`` (GAE and critic-free branches) on 2 gloo ranks with unequal
+    token counts equal the 1-process gradient on all rows; per-rank token means (the negative control) do not."""
     import torch.multiprocessing as mp
 
     from umedfast.train.distributed import Dist
@@ -179,3 +181,12 @@ def test_ppo_minibatch_loss_two_ranks_equal_one_rank(tmp_path):
                 assert worst < 1e-6, worst  # float32 sums in another order
             else:
                 assert worst > 1e-3, worst  # the short rank's tokens weigh more
+
+
+def test_parallel_mode_is_checked():
+    from umedfast.train.distributed import Dist, use_fsdp
+
+    assert use_fsdp("fsdp2", Dist(0, 2)) and not use_fsdp("ddp", Dist(0, 2))
+    assert not use_fsdp("fsdp2", Dist())  # one process trains unsharded
+    with pytest.raises(ValueError, match="parallel"):
+        use_fsdp("zero3", Dist())
