@@ -83,3 +83,15 @@ def test_combine_weights_class_gate_penalty_and_nan():
     assert c.nonfinite == 1 and all(math.isfinite(v) for v in c.total.tolist())
     off = combine_rewards(llm.nan_to_num(), alr, vrr, k, w_alr=0.0, w_vrr=0.0)
     assert off.total.tolist() == pytest.approx([0.5, 1.0, 0.2, 0.0])
+
+
+def test_combine_raw_alr_keeps_absolute_box_quality():
+    # a group whose best box has IoU 0.05 earns that box a full 1.0 under "max"; "none" keeps 0.05
+    alr = torch.tensor([0.05, 0.0, 0.9, 0.45])
+    zeros = torch.zeros(4)
+    by_max = combine_rewards(zeros, alr, zeros, 2)
+    raw = combine_rewards(zeros, alr, zeros, 2, alr_norm="none")
+    assert by_max.alr.tolist() == pytest.approx([1.0, 0.0, 1.0, 0.5])
+    assert raw.alr.tolist() == pytest.approx([0.05, 0.0, 0.9, 0.45])
+    with pytest.raises(ValueError, match="normalization"):
+        combine_rewards(zeros, alr, zeros, 2, vrr_norm="mean")

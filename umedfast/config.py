@@ -91,6 +91,8 @@ class PPOConfig:
     format_penalty: float = 0.0         # subtracted when a box was expected but none parses
     giou_weight: float = 0.0            # ALR shaping: (1-w) IoU + w (GIoU+1)/2, so misses still get a signal
     vrr_layers: str = ""                # comma-separated LM layer indices for VRR ("" = all layers)
+    alr_norm: str = "max"               # ALR over the K candidates: "max" (divide by the group max, paper) or "none"
+    vrr_norm: str = "max"               # VRR over the K candidates: "max" (paper) or "none"
     init_from: str = ""                 # policy to start from; "" = OUTPUT/sft/final (after --stage sft/all)
     save_every: int = 0                 # checkpoint every N iterations (0 = only at the end)
     eval_max_new_tokens: int = 64       # generation length at evaluation
@@ -207,6 +209,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.stage in ("sft", "ppo", "all"), "stage must be sft, ppo or all"),
         (cfg.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
         (cfg.ppo.advantage in ("gae", "grpo", "rloo"), "ppo.advantage must be gae, grpo or rloo"),
+        (cfg.ppo.alr_norm in ("max", "none") and cfg.ppo.vrr_norm in ("max", "none"),
+         "ppo.alr_norm and ppo.vrr_norm must be max or none"),
         (cfg.ppo.kl_estimator in ("k1", "k2", "k3"), "ppo.kl_estimator must be k1, k2 or k3"),
         (cfg.ppo.k >= 1, "ppo.k must be >= 1"),
         (cfg.ppo.advantage == "gae" or cfg.ppo.k >= 2, "grpo/rloo need ppo.k >= 2 candidates per query"),

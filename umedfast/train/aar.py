@@ -95,5 +95,6 @@ def score_rollout(bundle, ro: Rollout, judge, cfg: PPOConfig, *, box_format: str
     else:
         vrr, written = torch.zeros(B), torch.zeros(B, dtype=torch.bool)
     comb = combine_rewards(r_llm, alr, vrr, cfg.k, class_written=written, format_ok=fmt, w_llm=cfg.w_llm,
-                           w_alr=cfg.w_alr, w_vrr=cfg.w_vrr, format_penalty=cfg.format_penalty)
+                           w_alr=cfg.w_alr, w_vrr=cfg.w_vrr, format_penalty=cfg.format_penalty,
+                           alr_norm=cfg.alr_norm, vrr_norm=cfg.vrr_norm)
     return RolloutRewards(r_llm, alr, iou, fmt, vrr, written, comb)
