@@ -8,6 +8,7 @@ and every token mean is taken over the tokens of all ranks. Each rank's minibatc
 import json
 import shutil
 import sys
+import time
 
 import pytest
 import torch
@@ -190,3 +191,57 @@ def test_parallel_mode_is_checked():
     assert not use_fsdp("fsdp2", Dist())  # one process trains unsharded
     with pytest.raises(ValueError, match="parallel"):
         use_fsdp("zero3", Dist())
+
+
+MAX_NEW = (2, 7)  # rank 0 stops long before rank 1
+
+
+def _fsdp_generate_worker(rank: int, world: int, init: str, out: str, data: str):
+    """Sample from an FSDP2-sharded tiny LLaVA, each rank its own query and its own length cap."""
+    import torch.distributed as dist
+
+    from umedfast.data import read_mau
+    from umedfast.model import TinySizes, load_vlm
+    from umedfast.train.distributed import Dist
+    from umedfast.train.fsdp import shard_model
+    from umedfast.train.rollout import sample_candidates
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        bundle = load_vlm("tiny-llava", tiny=TinySizes(text_layers=1, text_hidden=64))
+        shard_model(bundle.model, Dist(rank, world), "cpu")
+        rec = read_mau(data)[rank]
+        ro = sample_candidates(bundle, [rec], k=2, temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW[rank],
+                               seed=5, step=1, synced_gpus=True)
+        torch.save({"ids": ro.response_ids, "mask": ro.response_mask}, f"{out}/gen{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_generation_synced_and_equal_to_unsharded(tmp_path):
+    """Ranks that stop at different lengths do not hang (synced_gpus), and the sharded model samples exactly what
+    the unsharded one does for the same query keys."""
+    import torch.multiprocessing as mp
+
+    from umedfast.data import read_mau, synth
+    from umedfast.model import TinySizes, load_vlm
+    from umedfast.train.rollout import sample_candidates
+
+    synth.generate(6, tmp_path / "data", seed=0, image_size=64, progress=False)
+    data = str(tmp_path / "data" / synth.JSONL_NAME)
+    ctx = mp.start_processes(_fsdp_generate_worker, args=(2, f"file://{tmp_path}/rdv", str(tmp_path), data),
+                             nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=2):
+        if time.monotonic() > deadline:  # a rank waiting in a collective the other never joins
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("sharded generation hung: ranks stopping at different lengths are not synced")
+    bundle = load_vlm("tiny-llava", tiny=TinySizes(text_layers=1, text_hidden=64))
+    for rank, rec in enumerate(read_mau(data)[:2]):
+        got = torch.load(tmp_path / f"gen{rank}.pt", weights_only=True)
+        ref = sample_candidates(bundle, [rec], k=2, temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW[rank],
+                                seed=5, step=1)
+        assert got["ids"].shape[1] == MAX_NEW[rank]
+        assert torch.equal(got["ids"], ref.response_ids) and torch.equal(got["mask"], ref.response_mask)
