@@ -104,7 +104,7 @@ class CounterGumbelSampler(LogitsProcessor):
         v = s.shape[-1]
         if self._offsets is None or self._offsets.shape[0] < v or self._offsets.device != s.device:
             self._offsets = torch.arange(v, device=s.device, dtype=torch.long) * GOLDEN
-        keys = self.keys.to(s.device)
-        g = uniforms(keys, input_ids.shape[1] - self.prompt_width, v, self._offsets)
+            self.keys = self.keys.to(s.device)  # once, not one host-to-device copy per token
+        g = uniforms(self.keys, input_ids.shape[1] - self.prompt_width, v, self._offsets)
         g = g.log_().neg_().log_()  # -Gumbel noise, in place
         return s - g  # -inf (suppressed / outside the nucleus) stays -inf
