@@ -41,7 +41,8 @@ def _mesh(d: Dist, device: str):
 
 
 def shard_model(model: torch.nn.Module, d: Dist, device: str) -> torch.nn.Module:
-    """``fully_shard`` each transformer block of ``model``, then ``model`` as the root; returns it (in place).
+    """``fully_shard`` each transformer block of ``model``, its vision parts, then the HF model (the base model of a
+    peft model) as the root; returns ``model`` (sharded in place).
 
     Call before building the optimizer (parameters become DTensor shards). Also marks the model so HF
     ``generate`` syncs ranks by itself (``synced_gpus``) when a caller does not say.
@@ -100,7 +101,7 @@ def _init_root(module: torch.nn.Module) -> None:
     vision tower first, which would then claim the root and break the next full forward."""
     from torch.distributed.fsdp import fully_shard
 
-    fully_shard.state(module)._lazy_init()
+    fully_shard.state(module)._lazy_init()  # private in torch 2.13; the same call a first root forward makes
 
 
 def local_fraction(module: torch.nn.Module) -> float:
