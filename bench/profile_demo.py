@@ -125,22 +125,6 @@ def timed_run(cfg) -> dict:
 
 
 @contextlib.contextmanager
-def collate_once_per_query():
-    """Patch 1: collate each query once and repeat the tensors K times (instead of loading the image,
-    running the image processor and the chat template K times per query)."""
-    import umedfast.train.rollout as ro
-    from bench_ppo_step import sample_candidates_once_per_query as sample_candidates
-
-    orig = ro.sample_candidates
-    import umedfast.train.ppo as ppo
-    ro.sample_candidates = ppo.sample_candidates = sample_candidates
-    try:
-        yield
-    finally:
-        ro.sample_candidates = ppo.sample_candidates = orig
-
-
-@contextlib.contextmanager
 def cached_images():
     """Candidate, not proposed (no measurable gain: PNG decode is 0.07 s of a demo run): decode each record's image
     once per process (SFT re-reads every PNG every epoch, PPO K times per step, evaluation once more)."""
@@ -168,47 +152,9 @@ def cached_images():
         col.record_image = orig
 
 
-@contextlib.contextmanager
-def prefix_shared_scoring(k: int):
-    """Patch 3, no-grad half: the scoring and reference forwards run each query's prompt once and repeat
-    its KV cache K times (bench_ppo_step.prefix_shared_outputs). The training forward keeps the full path here: the
-    demo's minibatches are random rows (the patch also shuffles whole groups, which needs run_ppo's code)."""
-    import umedfast.train.ppo as ppo
-    from bench_ppo_step import prefix_shared_outputs
-
-    orig_po, orig_ref = ppo.policy_outputs, ppo.reference_logprobs
-
-    def policy_outputs(pwv, batch, resp, pw, *, need_entropy=False):
-        if torch.is_grad_enabled() or resp.shape[0] % k:
-            return orig_po(pwv, batch, resp, pw, need_entropy=need_entropy)
-        return prefix_shared_outputs(pwv, batch, resp, pw, k, pwv.bundle, need_entropy=need_entropy)
-
-    def reference_logprobs(model, batch, resp, pw):
-        if resp.shape[0] % k:
-            return orig_ref(model, batch, resp, pw)
-        with torch.no_grad():
-            return prefix_shared_outputs(model, batch, resp, pw, k, BUNDLE_HOLDER["bundle"], with_values=False)[0]
-
-    orig_build = ppo.build_policy_and_reference
-
-    def build(cfg, device):
-        bundle, ref = orig_build(cfg, device)
-        BUNDLE_HOLDER["bundle"] = bundle
-        return bundle, ref
-
-    ppo.policy_outputs, ppo.reference_logprobs = policy_outputs, reference_logprobs
-    ppo.build_policy_and_reference = build
-    try:
-        yield
-    finally:
-        ppo.policy_outputs, ppo.reference_logprobs, ppo.build_policy_and_reference = orig_po, orig_ref, orig_build
-
-
-BUNDLE_HOLDER: dict = {}
-
+# Patches 1 (collate once per query) and 3 (prompt-shared scoring) landed in umedfast.train.rollout; their
+# measured effect is in bench/RESULTS.md. What is left here is the candidate that was not adopted.
 EXPERIMENTS = {
-    "prefix_shared_scoring": lambda: prefix_shared_scoring(8),
-    "collate_once_per_query": collate_once_per_query,
     "cached_images": cached_images,
 }
 

@@ -23,6 +23,7 @@ def test_yaml_and_overrides(tmp_path):
     ("", ["ppo.advantage=dpo"], "advantage"),
     ("", ["ppo.advantage=grpo", "ppo.k=1"], "k >= 2"),
     ("", ["ppo.alr_norm=mean"], "alr_norm"),
+    ("", ["parallel=deepspeed"], "parallel"),
     ("", ["ppo=3"], "section"),
     ("", ["stage"], "key=value"),
     ("ppo: 3\n", [], "mapping"),

@@ -208,6 +208,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     checks = [
         (cfg.stage in ("sft", "ppo", "all"), "stage must be sft, ppo or all"),
         (cfg.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
+        (cfg.parallel in ("ddp", "fsdp2"), "parallel must be ddp or fsdp2"),
         (cfg.ppo.advantage in ("gae", "grpo", "rloo"), "ppo.advantage must be gae, grpo or rloo"),
         (cfg.ppo.alr_norm in ("max", "none") and cfg.ppo.vrr_norm in ("max", "none"),
          "ppo.alr_norm and ppo.vrr_norm must be max or none"),

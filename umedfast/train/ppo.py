@@ -29,6 +29,7 @@ from umedfast.train.common import load_policy, load_records, resolve_device, see
 from umedfast.train.distributed import Dist, all_gather_floats, all_reduce_sum, barrier, use_fsdp, wrap_ddp
 from umedfast.train.fsdp import (RootPolicyWithValue, checkpoint_views, gathered_for_save, local_fraction, scalar,
                                  shard_model, shard_small)
+from umedfast.train.length_check import check_generation_cap
 from umedfast.train.metrics import MetricsLogger, NonFiniteGuard
 from umedfast.train.rollout import policy_outputs, reference_logprobs, sample_candidates, select_rows
 from umedfast.train.sft import evaluate
@@ -93,13 +94,13 @@ def build_policy_and_reference(cfg: TrainConfig, device: str):
     return bundle, ref
 
 
-def ref_logprobs(bundle, ref, batch, resp, p, k=1):
+def ref_logprobs(bundle, ref, batch, resp, p, k=1, temperature=1.0):
     if ref is not None:
-        return reference_logprobs(ref, batch, resp, p, k=k, bundle=bundle)
+        return reference_logprobs(ref, batch, resp, p, k=k, bundle=bundle, temperature=temperature)
     from umedfast.model import adapters_disabled
 
     with adapters_disabled(bundle) as m:
-        return reference_logprobs(m, batch, resp, p, k=k, bundle=bundle)
+        return reference_logprobs(m, batch, resp, p, k=k, bundle=bundle, temperature=temperature)
 
 
 def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict:
@@ -117,6 +118,8 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
     seed_everything(cfg.seed + 1000)
     train, held = load_records(cfg, d)
     bundle, ref = build_policy_and_reference(cfg, device)
+    if d.is_main:  # a truncated rollout loses its last steps (the class) and teaches the policy to write less
+        check_generation_cap(bundle.tokenizer, train, p.max_new_tokens, "ppo.max_new_tokens")
     vh = ValueHead(hidden_size(bundle.base_model)).to(device)
     pwv = PolicyWithValue(bundle, vh)
     pwv.eval()  # no dropout: sampling, scoring and updates see the same function
@@ -162,13 +165,15 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         single_pass = p.ppo_epochs == 1 and p.minibatch_size >= resp.shape[0]
         with torch.no_grad():
             if not single_pass:
-                old_lp, old_v, _ = policy_outputs(scorer, ro.batch, resp, pw, k=p.k, bundle=bundle)
-            ref_lp = ref_logprobs(bundle, ref, ro.batch, resp, pw, k=p.k)
+                old_lp, old_v, _ = policy_outputs(scorer, ro.batch, resp, pw, k=p.k, bundle=bundle,
+                                                  temperature=p.temperature)
+            ref_lp = ref_logprobs(bundle, ref, ro.batch, resp, pw, k=p.k, temperature=p.temperature)
         rw = score_rollout(bundle, ro, judge, p, box_format=cfg.data.box_format)
         guard.add("reward_nonfinite", rw.combined.nonfinite)
         seq_r = rw.combined.total.to(device)
         if single_pass:
-            first = policy_outputs(ddp, ro.batch, resp, pw, need_entropy=True, k=p.k, bundle=bundle)
+            first = policy_outputs(ddp, ro.batch, resp, pw, need_entropy=True, k=p.k, bundle=bundle,
+                                   temperature=p.temperature)
             old_lp, old_v = first[0].detach(), first[1].detach()
         # 3. advantages
         kl = kl_penalty(old_lp, ref_lp, p.kl_estimator)
@@ -196,7 +201,7 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
                 else:
                     sub = select_rows(ro.batch, mb, bundle)
                     lp, v, ent = policy_outputs(ddp, sub, resp[mb], pw, need_entropy=True,
-                                                k=p.k if grouped else 1, bundle=bundle)
+                                                k=p.k if grouped else 1, bundle=bundle, temperature=p.temperature)
                 loss, parts = minibatch_loss(p, d, lp, v, ent, old_lp[mb], old_v[mb], adv[mb],
                                              ret[mb] if use_critic else None, ref_lp[mb], mask[mb])
                 if not guard.ok("ppo_loss", loss):
@@ -241,7 +246,7 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         if d.is_main:
             save_checkpoint(run_dir / "final", bundle, vh)
     barrier(d)
-    ev = evaluate(cfg, bundle, held, run_dir / "eval.json", d, p.eval_max_new_tokens)
+    ev = evaluate(cfg, bundle, held, run_dir / "eval.json", d, p.eval_max_new_tokens, "ppo.eval_max_new_tokens")
     summary = log.summary({"steps": step, "nonfinite": guard.counts, "eval": ev, "judge": getattr(judge, "stats", {}),
                            "parallel": cfg.parallel, "param_fraction_per_rank": local_fraction(pwv)})
     log.close()

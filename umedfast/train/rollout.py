@@ -172,20 +172,29 @@ def _can_share_prefix(model, bundle, k: int, n_rows: int) -> bool:
         and not is_sharded(model)
 
 
-def head_logprobs_entropy(base, hidden: torch.Tensor, response_ids: torch.Tensor):
-    """(logprobs Float32[B, L], entropy Float32[B, L]) of ``response_ids`` [B, L] from the last hidden states
-    ``hidden`` [B, L, H] and the LM head of ``base``, through the fused kernel (``umedfast.kernels``): the [B, L, V]
-    logits are never materialized (Triton on GPU, the vocabulary-chunked torch path on CPU)."""
+def head_logprobs_entropy(base, hidden: torch.Tensor, response_ids: torch.Tensor, temperature: float = 1.0):
+    """(logprobs Float32[B, L], entropy Float32[B, L]) of ``response_ids`` [B, L] under ``softmax(logits / T)``,
+    from the last hidden states ``hidden`` [B, L, H] and the LM head of ``base``, through the fused kernel
+    (``umedfast.kernels``): the [B, L, V] logits are never materialized (Triton on GPU, the vocabulary-chunked torch
+    path on CPU). ``logits / T = (hidden / T) W^T + b / T``, so the temperature costs one [B, L, H] scale."""
     from umedfast.kernels import token_logprobs_entropy
 
     head = base.lm_head
-    return token_logprobs_entropy(hidden, head.weight, response_ids, bias=head.bias,
+    bias = head.bias
+    if temperature != 1.0:
+        hidden = hidden / temperature
+        bias = None if bias is None else bias / temperature
+    return token_logprobs_entropy(hidden, head.weight, response_ids, bias=bias,
                                   backend="triton" if hidden.is_cuda else "torch")
 
 
 def policy_outputs(policy_with_value, batch: dict, response_ids: torch.Tensor, prompt_width: int,
-                   *, need_entropy: bool = False, k: int = 1, bundle=None):
+                   *, need_entropy: bool = False, k: int = 1, bundle=None, temperature: float = 1.0):
     """Forward the policy (+ value head) and read the response positions.
+
+    Log-probs and entropy are those of the distribution the candidates were sampled from, ``softmax(logits / T)``
+    (``temperature``): with T != 1, scoring at T = 1 would make PPO's ratio and KL refer to another policy than
+    the one that generated the tokens.
 
     Returns (logprobs Float[B, L] of the sampled tokens, values Float[B, L] of the state before each token,
     entropy Float[B, L] or None). Position ``P-1+j`` predicts response token ``j``. ``k > 1`` (rows are query-major
@@ -196,27 +205,28 @@ def policy_outputs(policy_with_value, batch: dict, response_ids: torch.Tensor, p
     separate_critic = getattr(policy_with_value, "critic", None) is not None  # values come from another model
     if not separate_critic and _can_share_prefix(policy_with_value, bundle, k, response_ids.shape[0]):
         h, base = prefix_shared_hidden(policy_with_value.policy, batch, k, prompt_width, response_ids.shape[1], bundle)
-        lp, ent = head_logprobs_entropy(base, h, response_ids)
+        lp, ent = head_logprobs_entropy(base, h, response_ids, temperature)
         return lp, policy_with_value.value_head(h).float(), ent if need_entropy else None
     logits, values = policy_with_value(**model_inputs(batch))
     length = response_ids.shape[1]
     sl = slice(prompt_width - 1, prompt_width - 1 + length)
-    lg = logits[:, sl]
+    lg = logits[:, sl] if temperature == 1.0 else logits[:, sl] / temperature
     lp = gather_logprobs(lg, response_ids)
     ent = entropy_from_logits(lg) if need_entropy else None
     return lp, values[:, sl].float(), ent
 
 
 def reference_logprobs(model, batch: dict, response_ids: torch.Tensor, prompt_width: int, *, k: int = 1,
-                       bundle=None) -> torch.Tensor:
-    """Log-probs of the sampled tokens under ``model`` (no grad): Float[B, L]. ``k``: see :func:`policy_outputs`."""
+                       bundle=None, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs of the sampled tokens under ``model``'s ``softmax(logits / T)`` (no grad): Float[B, L].
+    ``k`` and ``temperature``: see :func:`policy_outputs`."""
     from umedfast.model import model_inputs
 
     if _can_share_prefix(model, bundle, k, response_ids.shape[0]):
         with torch.no_grad():
             h, base = prefix_shared_hidden(model, batch, k, prompt_width, response_ids.shape[1], bundle)
-            return head_logprobs_entropy(base, h, response_ids)[0]
+            return head_logprobs_entropy(base, h, response_ids, temperature)[0]
     with torch.no_grad():
         logits = model(**model_inputs(batch), use_cache=False).logits
     length = response_ids.shape[1]
-    return gather_logprobs(logits[:, prompt_width - 1:prompt_width - 1 + length], response_ids)
+    return gather_logprobs(logits[:, prompt_width - 1:prompt_width - 1 + length] / temperature, response_ids)

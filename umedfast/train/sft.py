@@ -36,13 +36,19 @@ def response_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return loss, n
 
 
-def evaluate(cfg: TrainConfig, bundle, held: list, out_path: Path, d: Dist, max_new_tokens: int) -> dict | None:
-    """Greedy generation on the held-out records and ``eval.json`` (main rank only; others wait).
+def evaluate(cfg: TrainConfig, bundle, held: list, out_path: Path, d: Dist, max_new_tokens: int,
+             cap_name: str = "eval_max_new_tokens") -> dict | None:
+    """Greedy generation on the held-out records and ``eval.json`` (main rank only; others wait). Warns when
+    ``max_new_tokens`` (config key ``cap_name``) would cut reference answers short.
 
     A sharded (FSDP2) model's forwards are collectives: every rank generates the same records then (in lockstep),
     the others write to a scratch directory that is removed."""
+    from umedfast.train.length_check import check_generation_cap
+
     metrics = None
     sharded = is_sharded(bundle.model)
+    if held and d.is_main:
+        check_generation_cap(bundle.tokenizer, held, max_new_tokens, cap_name)
     if held and (d.is_main or sharded):
         import shutil
         import tempfile
@@ -130,7 +136,8 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         end_of_epoch = step % per_epoch == 0 or step == total
         if end_of_epoch and (s.eval_every_epoch or step == total):
             model.eval()
-            last_eval = evaluate(cfg, bundle, held, run_dir / "eval.json", d, s.eval_max_new_tokens) or last_eval
+            last_eval = evaluate(cfg, bundle, held, run_dir / "eval.json", d, s.eval_max_new_tokens,
+                                 "sft.eval_max_new_tokens") or last_eval
             model.train()
             if last_eval is not None:
                 log.log(step, {f"eval_{k}": v for k, v in last_eval.items() if isinstance(v, (int, float))})
