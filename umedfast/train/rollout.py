@@ -176,15 +176,11 @@ def head_logprobs_entropy(base, hidden: torch.Tensor, response_ids: torch.Tensor
     """(logprobs Float32[B, L], entropy Float32[B, L]) of ``response_ids`` [B, L] under ``softmax(logits / T)``,
     from the last hidden states ``hidden`` [B, L, H] and the LM head of ``base``, through the fused kernel
     (``umedfast.kernels``): the [B, L, V] logits are never materialized (Triton on GPU, the vocabulary-chunked torch
-    path on CPU). ``logits / T = (hidden / T) W^T + b / T``, so the temperature costs one [B, L, H] scale."""
+    path on CPU)."""
     from umedfast.kernels import token_logprobs_entropy
 
     head = base.lm_head
-    bias = head.bias
-    if temperature != 1.0:
-        hidden = hidden / temperature
-        bias = None if bias is None else bias / temperature
-    return token_logprobs_entropy(hidden, head.weight, response_ids, bias=bias,
+    return token_logprobs_entropy(hidden, head.weight, response_ids, bias=head.bias, temperature=temperature,
                                   backend="triton" if hidden.is_cuda else "torch")
 
 
