@@ -8,6 +8,7 @@
                          | --full DIR --wo-vrr DIR --wo-alr DIR --wo-aar DIR                   -> Table 6
   umedfast-eval bench --checkpoint DIR --benchmark vqa_rad|slake|pmc_vqa|pneumoniamnist --root DIR
   umedfast-eval report --eval DIR [--metrics FILE.jsonl] [--checkpoint DIR] --out DIR
+  umedfast-eval compare RUN_A RUN_B [--names a,b] [--json FILE]   -> paired B - A with 95% intervals, McNemar p
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from umedfast.eval import tables as T
 
-SUBCOMMANDS = ("run", "table", "ablation", "bench", "report")
+SUBCOMMANDS = ("run", "table", "ablation", "bench", "report", "compare")
 METRICS = ("accuracy", "mean_iou", "acc_iou50", "format_ok")
 
 
@@ -105,6 +106,17 @@ def cmd_run(a) -> int:
         path = build_report(a.report, eval_dirs=[out_root / n for n in names], names=names, metrics_jsonl=a.metrics,
                             checkpoint=a.checkpoint[-1], device=a.device, n_samples=a.report_samples)
         print(f"report: {path}")
+    return 0
+
+
+def cmd_compare(a) -> int:
+    from umedfast.eval.paired import deltas_json, format_deltas, paired_deltas, read_predictions
+
+    names = _names([a.run_a, a.run_b], a.names)
+    deltas = paired_deltas(read_predictions(a.run_a), read_predictions(a.run_b), n_boot=a.bootstrap, seed=a.seed)
+    print(format_deltas(names[0], names[1], deltas))
+    if a.json:
+        Path(a.json).write_text(json.dumps({"a": names[0], "b": names[1], "deltas": deltas_json(deltas)}, indent=2))
     return 0
 
 
@@ -282,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--device", default="cpu")
     rp.add_argument("--out", required=True)
     rp.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("compare", help="paired B - A on the same images: 95%% bootstrap intervals, McNemar p")
+    c.add_argument("run_a", help="eval output directory or eval.predictions.jsonl of the baseline")
+    c.add_argument("run_b", help="the same for the run compared with it")
+    c.add_argument("--names", help="comma-separated names of A and B")
+    c.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", help="also write the deltas here")
+    c.set_defaults(func=cmd_compare)
     return p
 
 
