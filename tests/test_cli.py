@@ -25,3 +25,17 @@ def test_unknown_key_is_an_error(tmp_path, capsys):
 def test_bad_choice_exits():
     with pytest.raises(SystemExit):
         build_parser().parse_intermixed_args(["--advantage", "dpo"])
+
+
+def test_fresh_run_into_a_used_stage_directory_is_refused(tmp_path, capsys):
+    (tmp_path / "ppo").mkdir()
+    (tmp_path / "ppo" / "metrics.jsonl").write_text('{"step": 1, "reward": 0.5}\n')
+    assert train_main(["--output-dir", str(tmp_path), "--stage", "ppo"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run (metrics.jsonl)" in err and "--resume" in err
+    assert not (tmp_path / "config.yaml").exists()  # refused before anything was written
+    ckpt = tmp_path / "sft" / "checkpoints" / "step-00000003"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text("{}")
+    assert train_main(["--output-dir", str(tmp_path), "--stage", "all"]) == 2
+    assert "checkpoint step-00000003" in capsys.readouterr().err

@@ -55,6 +55,15 @@ def train_main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"umedfast-train: {e}", file=sys.stderr)
         return 2
+    if not args.resume:  # never mix a new run into an old one's metrics and checkpoints
+        from umedfast.train.checkpoint import previous_run
+
+        for stage in [s for s in ("sft", "ppo") if cfg.stage in (s, "all")]:
+            found = previous_run(Path(cfg.output_dir) / stage)
+            if found:
+                print(f"umedfast-train: {Path(cfg.output_dir) / stage} already holds a run ({found}); pass --resume "
+                      "to continue it, or choose another --output-dir", file=sys.stderr)
+                return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from umedfast.train.common import resolve_device, setup_threads

@@ -102,6 +102,22 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def previous_run(run_dir: str | Path) -> str | None:
+    """What an earlier run left in a stage directory (complete checkpoints, logged steps), or None if nothing.
+
+    A fresh (non-resumed) run there would append its metrics to the old ones and could later be resumed from the
+    old run's checkpoints, so the CLI refuses it."""
+    run_dir = Path(run_dir)
+    found = []
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        found.append(f"checkpoint {ckpt.name}")
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        found.append("metrics.jsonl")
+    return ", ".join(found) or None
+
+
 def save_training_state(run_dir: str | Path, step: int, *, model: torch.nn.Module, optimizer, scheduler=None,
                         value_head: torch.nn.Module | None = None, order: EpochOrder | None = None,
                         extra: dict | None = None, d: Dist = Dist(), keep: int = 2) -> Path:
