@@ -1,5 +1,7 @@
 """umedfast-eval end to end on the tiny offline model and MAU-Synth, plus the paper-style tables."""
 import json
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -222,3 +224,33 @@ def test_run_generalization_split_prints_held_out_columns(synth_data, tmp_path, 
     assert table.splitlines()[1].split("  ")[0] == "Model"
     assert T.display_name(f"synth-{held}") in table.splitlines()[1]  # the column is the held-out (synth) source
     assert table.splitlines()[3].split()[-1] == "1.00"  # gold answers: accuracy 1 on the held-out source
+
+
+def test_ablation_run_trains_all_four_end_to_end_and_resumes_a_crashed_one(tmp_path):
+    """``ablation --run`` really trains: SFT once, three PPO runs from it with their reward switched off, Table 6.
+    A run whose eval.json is missing (as after a crash) is resumed, not refused as a used directory."""
+    from _train_helpers import TINY, env, metrics
+
+    ppo = ["ppo.steps=1", "ppo.queries_per_step=2", "ppo.k=2", "ppo.max_new_tokens=8", "ppo.minibatch_size=2",
+           "ppo.ppo_epochs=1", "sft.max_steps=2"]
+    cmd = [sys.executable, "-m", "umedfast.eval.cli", "ablation", "--root", str(tmp_path), "--run", *TINY, *ppo]
+    p = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    for key in ("full", "wo_vrr", "wo_alr"):
+        assert (tmp_path / key / "ppo" / "eval.json").is_file()
+        rows = [r for r in metrics(tmp_path / key / "ppo" / "metrics.jsonl") if "reward" in r]
+        assert [r["step"] for r in rows] == [1]
+    assert metrics(tmp_path / "wo_vrr" / "ppo" / "metrics.jsonl")[0]["vrr"] == 0.0  # not even computed
+    from umedfast.config import load_config
+
+    weights = {k: (c.ppo.w_alr, c.ppo.w_vrr) for k in ("full", "wo_vrr", "wo_alr")
+               for c in [load_config(tmp_path / k / "config.yaml")]}  # the resolved config each run trained with
+    assert weights == {"full": (1.0, 1.0), "wo_vrr": (1.0, 0.0), "wo_alr": (0.0, 1.0)}
+    assert "w/o VRR" in p.stdout and "w/o ALR" in p.stdout
+    (tmp_path / "wo_alr" / "ppo" / "eval.json").unlink()
+    p = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert "training wo_alr" in p.stderr and p.stderr.count("not retraining") == 3
+    assert (tmp_path / "wo_alr" / "ppo" / "eval.json").is_file()
+    rows = [r for r in metrics(tmp_path / "wo_alr" / "ppo" / "metrics.jsonl") if "reward" in r]
+    assert [r["step"] for r in rows] == [1]  # resumed at its last step: nothing trained twice

@@ -143,7 +143,9 @@ def ablation_commands(root, config: str | None, overrides=()) -> list[tuple[str,
     sft_final = root / "wo_aar" / "sft" / "final"
     out = []
     for key in ("wo_aar", "full", "wo_vrr", "wo_alr"):
-        argv = ([f"--config={config}"] if config else []) + ABLATION_TRAIN[key] + [f"--output-dir={root / key}"]
+        # --resume: a run that crashed before writing eval.json continues from its checkpoint (or starts fresh)
+        argv = ([f"--config={config}"] if config else []) + ABLATION_TRAIN[key] + [f"--output-dir={root / key}",
+                                                                                   "--resume"]
         if key != "wo_aar":
             argv.append(f"ppo.init_from={sft_final}")
         out.append((key, argv + list(overrides)))
