@@ -11,12 +11,16 @@ from umedfast.train.aar import class_token_mask, score_rollout
 from umedfast.train.rollout import rollout_from_texts
 
 
+NORMAL = {}  # a normal-image record of the same synthetic set (filled by the fixture)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     recs = synth.generate(12, tmp_path_factory.mktemp("synth"), seed=1, image_size=64, style="compact",
                           progress=False)
     abnormal = [r for r in recs if r.findings][:2]
     bundle = load_vlm("tiny-llava", tiny=TinySizes(text_layers=1, text_hidden=64))
+    NORMAL["record"] = next(r for r in recs if not r.findings)
     return abnormal, bundle
 
 
@@ -50,3 +54,21 @@ def test_ablation_weights_skip_work(setup):
     assert (rw.vrr == 0).all() and (rw.r_llm == 0).all()
     assert rw.combined.total.tolist() == pytest.approx([1.0, 1.0])  # ALR / max only
     assert torch.isfinite(rw.combined.total).all()
+
+
+@pytest.mark.parametrize("credit", [True, False])
+def test_normal_image_reward_parity(setup, credit):
+    """A correct "normal" answer earns the full 3 points, like a correct abnormal one (with the credit on)."""
+    recs, bundle = setup
+    normal = NORMAL["record"]
+    wrong = "Detection: one abnormal region. Localization: [100,100,300,300], upper left. Recognition: nodule."
+    for text in (normal.response, wrong):  # the reference answer of a normal image says so and writes no box
+        assert ("[" in text) == (text is wrong)
+    ro = rollout_from_texts(bundle, [normal, normal, recs[0], recs[0]], [normal.response, wrong, recs[0].response,
+                                                                          "Detection: unclear."])
+    rw = score_rollout(bundle, ro, RubricJudge(), PPOConfig(k=2, vrr_layers="0", vrr_normal_credit=credit))
+    total = rw.combined.total.tolist()
+    assert total[2] == pytest.approx(3.0, abs=1e-5)  # correct abnormal answer: 1 + 1 + 1
+    assert total[0] == pytest.approx(3.0 if credit else 2.0, abs=1e-5)
+    assert total[1] < 0.5  # a box on a normal image earns nothing
+    assert rw.vrr[:2].tolist() == ([1.0, 0.0] if credit else [0.0, 0.0])

@@ -93,6 +93,7 @@ class PPOConfig:
     vrr_layers: str = ""                # comma-separated LM layer indices for VRR ("" = all layers)
     alr_norm: str = "max"               # ALR over the K candidates: "max" (divide by the group max, paper) or "none"
     vrr_norm: str = "max"               # VRR over the K candidates: "max" (paper) or "none"
+    vrr_normal_credit: bool = True      # normal image: full VRR for answering "normal" with no box (reward parity)
     init_from: str = ""                 # policy to start from; "" = OUTPUT/sft/final (after --stage sft/all)
     save_every: int = 0                 # checkpoint every N iterations (0 = only at the end)
     eval_max_new_tokens: int = 64       # generation length at evaluation
