@@ -16,6 +16,10 @@ from typing import Any
 import yaml
 
 
+PARALLEL_MODES = ("ddp", "fsdp2")   # TrainConfig.parallel (checked here and by umedfast.train.distributed)
+GROUP_NORMS = ("max", "none")       # PPOConfig.alr_norm / vrr_norm (umedfast.rewards.combine.group_normalize)
+
+
 @dataclass
 class ModelConfig:
     name: str = "tiny-llava"            # "tiny-llava" / "tiny-qwen2-vl" (offline default) or a local model directory
@@ -209,10 +213,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     checks = [
         (cfg.stage in ("sft", "ppo", "all"), "stage must be sft, ppo or all"),
         (cfg.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
-        (cfg.parallel in ("ddp", "fsdp2"), "parallel must be ddp or fsdp2"),
+        (cfg.parallel in PARALLEL_MODES, f"parallel must be one of {PARALLEL_MODES}"),
         (cfg.ppo.advantage in ("gae", "grpo", "rloo"), "ppo.advantage must be gae, grpo or rloo"),
-        (cfg.ppo.alr_norm in ("max", "none") and cfg.ppo.vrr_norm in ("max", "none"),
-         "ppo.alr_norm and ppo.vrr_norm must be max or none"),
+        (cfg.ppo.alr_norm in GROUP_NORMS and cfg.ppo.vrr_norm in GROUP_NORMS,
+         f"ppo.alr_norm and ppo.vrr_norm must be one of {GROUP_NORMS}"),
         (cfg.ppo.kl_estimator in ("k1", "k2", "k3"), "ppo.kl_estimator must be k1, k2 or k3"),
         (cfg.ppo.k >= 1, "ppo.k must be >= 1"),
         (cfg.ppo.advantage == "gae" or cfg.ppo.k >= 2, "grpo/rloo need ppo.k >= 2 candidates per query"),

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from umedfast.config import GROUP_NORMS
+
 
 def normalize_by_group_max(x: Tensor, k: int, eps: float = 1e-8) -> Tensor:
     """Float[B] -> Float[B]: each value divided by the max of its group of K; groups with max <= eps give 0."""
@@ -22,9 +24,6 @@ def normalize_by_group_max(x: Tensor, k: int, eps: float = 1e-8) -> Tensor:
     g = x.view(-1, k)
     mx = g.max(dim=1, keepdim=True).values
     return torch.where(mx > eps, g / mx.clamp_min(eps), torch.zeros_like(g)).reshape(-1)
-
-
-GROUP_NORMS = ("max", "none")
 
 
 def group_normalize(x: Tensor, k: int, norm: str) -> Tensor:

@@ -91,8 +91,11 @@ def wrap_ddp(module: torch.nn.Module, d: Dist, device: str) -> torch.nn.Module:
 
 
 def check_parallel(parallel: str) -> None:
-    if parallel not in ("ddp", "fsdp2"):
-        raise ValueError(f"parallel must be 'ddp' or 'fsdp2', got {parallel!r}")
+    """For configs built in code without ``umedfast.config.validate``: an unknown mode must not fall back to DDP."""
+    from umedfast.config import PARALLEL_MODES
+
+    if parallel not in PARALLEL_MODES:
+        raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {parallel!r}")
 
 
 def use_fsdp(parallel: str, d: Dist) -> bool:

@@ -184,6 +184,11 @@ def head_logprobs_entropy(base, hidden: torch.Tensor, response_ids: torch.Tensor
                                   backend="triton" if hidden.is_cuda else "torch")
 
 
+def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / T``; T = 1 returns ``logits`` itself (no [B, L, V] copy)."""
+    return logits if temperature == 1.0 else logits / temperature
+
+
 def policy_outputs(policy_with_value, batch: dict, response_ids: torch.Tensor, prompt_width: int,
                    *, need_entropy: bool = False, k: int = 1, bundle=None, temperature: float = 1.0):
     """Forward the policy (+ value head) and read the response positions.
@@ -206,7 +211,7 @@ def policy_outputs(policy_with_value, batch: dict, response_ids: torch.Tensor, p
     logits, values = policy_with_value(**model_inputs(batch))
     length = response_ids.shape[1]
     sl = slice(prompt_width - 1, prompt_width - 1 + length)
-    lg = logits[:, sl] if temperature == 1.0 else logits[:, sl] / temperature
+    lg = _tempered(logits[:, sl], temperature)
     lp = gather_logprobs(lg, response_ids)
     ent = entropy_from_logits(lg) if need_entropy else None
     return lp, values[:, sl].float(), ent
@@ -225,4 +230,4 @@ def reference_logprobs(model, batch: dict, response_ids: torch.Tensor, prompt_wi
     with torch.no_grad():
         logits = model(**model_inputs(batch), use_cache=False).logits
     length = response_ids.shape[1]
-    return gather_logprobs(logits[:, prompt_width - 1:prompt_width - 1 + length] / temperature, response_ids)
+    return gather_logprobs(_tempered(logits[:, prompt_width - 1:prompt_width - 1 + length], temperature), response_ids)
