@@ -46,9 +46,21 @@ def test_rubric_wants_exactly_the_ground_truth_classes():
 
 def test_parse_score():
     assert parse_score('{"score": 0.8}') == 0.8
-    assert parse_score("```json\n{\"score\": 1.7}\n```") == 1.0
-    assert parse_score("I'd say 7") == 0.7
-    assert parse_score("no idea") is None and parse_score(None) is None
+    assert parse_score(' {"score": "0.25"} ') == 0.25
+    assert parse_score("```json\n{\"score\": 0.6}\n```") == 0.6
+    assert parse_score("0.3") == 0.3 and parse_score("1") == 1.0 and parse_score("0") == 0.0
+    assert parse_score("7") == pytest.approx(0.7) and parse_score("10.") == 1.0  # a 0-10 scale
+    assert parse_score('{"score": 7}') == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("reply", [
+    "Error 500: upstream overloaded", "I'd say 7", "score: 0.8 because", "no idea", "", "   ", None,
+    "11", "-1", "500", '{"score": 12}', '{"score": -0.5}', '{"score": NaN}', '{"score": Infinity}', "nan", "inf",
+    '{"score": true}', '{"score": null}', '{"score": "high"}', '{"grade": 0.8}', "[0.8]", '{"score": 0.8',
+    "0.8 0.9", "1e3",
+])
+def test_parse_score_refuses_anything_but_a_score_in_range(reply):
+    assert parse_score(reply) is None
 
 
 class _Server:
@@ -60,6 +72,7 @@ class _Server:
         self.active = 0
         self.max_active = 0
         self.auth = set()
+        self.formats = []
         lock = threading.Lock()
         srv = self
 
@@ -81,7 +94,10 @@ class _Server:
                     if srv.mode == "error":
                         self.send_response(500); self.end_headers(); self.wfile.write(b"boom"); return
                     time.sleep(0.05)
-                    content = "garbage" if srv.mode == "garbage" else json.dumps(
+                    srv.formats.append(body.get("response_format"))
+                    content = {"garbage": "garbage", "overloaded": "Error 500: upstream overloaded",
+                               "out_of_range": "11", "json_out_of_range": '{"score": 42}', "bare": "7"}.get(
+                        srv.mode) or json.dumps(
                         {"score": 0.9 if "nodule" in prompt.split("Assistant answer:")[1] else 0.1})
                     out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                       "choices": [{"index": 0, "finish_reason": "stop",
@@ -150,3 +166,34 @@ def test_rubric_gives_full_credit_to_every_normal_template_answer():
     phrases = [s for style in (templates._FULL, templates._COMPACT) for s in style["normal"]]
     items = [JudgeItem("q", s.format(modality="chest X-ray"), labels=()) for s in phrases]
     assert RubricJudge().score(items) == [1.0] * len(items)
+
+
+def test_openai_judge_counts_error_text_and_out_of_range_replies_as_failures(server):
+    """An HTTP 200 whose text is an error message or a number outside [0, 10] is a counted failure, never a score
+    (the old parser read "Error 500: upstream overloaded" as 500 -> 1.0, a full reward)."""
+    j = OpenAIJudge(base_url=server.url, model="judge", retries=0, timeout_s=5, neutral=0.5)
+    for mode in ("overloaded", "out_of_range", "json_out_of_range"):
+        server.mode = mode
+        assert j.score([JudgeItem(mode, "a nodule")]) == [0.5], mode
+    assert j.stats["failures"] == 3 and j.stats["bad_replies"] == 3 and j.stats["request_errors"] == 0
+    server.mode = "bare"
+    assert j.score([JudgeItem("bare", "a nodule")]) == [pytest.approx(0.7)]
+    assert j.stats["failures"] == 3
+    # a failure is not cached: the same item is asked again once the server recovers
+    server.mode = "ok"
+    assert j.score([JudgeItem("overloaded", "a nodule")]) == [0.9]
+    # evaluation's judge gives NaN (left out and counted), not a score
+    from umedfast.eval.judged import make_eval_judge
+    ej = make_eval_judge("openai", base_url=server.url, model="judge", timeout_s=5)
+    server.mode = "overloaded"
+    s = ej.score([JudgeItem("eval", "a nodule")])
+    assert s[0] != s[0] and ej.stats["bad_replies"] == 1
+    server.mode = "ok"
+
+
+def test_openai_judge_json_mode_sends_response_format(server):
+    server.mode = "ok"
+    server.formats.clear()
+    j = OpenAIJudge(base_url=server.url, model="judge", json_mode=True)
+    assert j.score([JudgeItem("json", "a nodule")]) == [0.9]
+    assert server.formats == [{"type": "json_object"}]

@@ -6,8 +6,10 @@ Two judges share one interface, ``judge.score(items) -> list[float]``:
   (detection -> localization -> recognition) are present, and a valid box is written (or, for a normal image, the
   response says so and writes no box).
 - ``OpenAIJudge``: any OpenAI-compatible endpoint through the ``openai`` client, with a rubric prompt asking for a
-  score in [0, 1]; async with bounded concurrency, an in-memory cache, a timeout and retries. Any failure gives the
-  neutral score and increments ``stats["failures"]``: training never stops for the judge. The API key is read from
+  score in [0, 1]; async with bounded concurrency, an in-memory cache, a timeout and retries. Only a bare number or
+  a JSON ``{"score": x}`` with x in [0, 10] is a score (``parse_score``). Any failure (an HTTP error, a timeout, a
+  reply such as "Error 500: upstream overloaded" or "11") gives the neutral score and is counted in
+  ``stats["failures"]`` (split into ``bad_replies`` and ``request_errors``): training never stops for the judge. The API key is read from
   an environment variable and never logged.
 """
 from __future__ import annotations
@@ -105,27 +107,50 @@ Score from 0 to 1: 1 = names the correct abnormality (or correctly says the imag
 detection, localization and recognition, and gives a plausible location; 0 = irrelevant or wrong.
 Reply with JSON only: {{"score": <number between 0 and 1>}}"""
 
-_NUM_RE = re.compile(r"-?\d+(?:\.\d+)?")
+_BARE_NUM_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_FENCE_RE = re.compile(r"^```[a-zA-Z]*\s*(.*?)\s*```$", re.S)
+
+
+def _in_range(v: float) -> float | None:
+    """A score on the 0-1 scale (values in (1, 10] are read as a 0-10 scale); None outside [0, 10] or NaN."""
+    if not (0.0 <= v <= 10.0):  # also False for NaN
+        return None
+    return v / 10.0 if v > 1.0 else v
 
 
 def parse_score(text: str | None) -> float | None:
-    """Score in [0, 1] from a judge reply (JSON ``{"score": x}`` or the first number); None if there is none."""
-    if not text:
+    """Score in [0, 1] from a judge reply, or None (a counted failure, never a score).
+
+    Only two reply shapes count, after stripping whitespace and one Markdown code fence:
+    - a JSON object with a numeric ``"score"`` (a number, or a string holding a bare number): ``{"score": 0.8}``;
+    - a bare number, optionally followed by a full stop: ``0.8``, ``7``.
+    The value must lie in [0, 10]: [0, 1] is the asked-for scale, (1, 10] is read as a 0-10 scale (7 -> 0.7).
+    Anything else is None: free text that merely contains a number ("Error 500: upstream overloaded",
+    "I'd say 7"), a number outside [0, 10] (-1, 11, 500), NaN/inf, booleans, an object without "score".
+    """
+    if not isinstance(text, str):
         return None
-    try:
-        obj = json.loads(text.strip().strip("`").removeprefix("json").strip())
-        if isinstance(obj, dict) and "score" in obj:
-            v = float(obj["score"])
-            return min(max(v, 0.0), 1.0) if v == v else None
-    except (ValueError, TypeError):
-        pass
-    m = _NUM_RE.search(text)
-    if not m:
-        return None
-    v = float(m.group())
-    if v > 1.0 and v <= 10.0:  # a 0-10 scale
-        v /= 10.0
-    return min(max(v, 0.0), 1.0)
+    t = text.strip()
+    m = _FENCE_RE.match(t)
+    if m:
+        t = m.group(1).strip()
+    if t.startswith("{"):
+        try:
+            obj = json.loads(t)
+        except ValueError:
+            return None
+        if not isinstance(obj, dict) or "score" not in obj:
+            return None
+        v = obj["score"]
+        if isinstance(v, str) and _BARE_NUM_RE.fullmatch(v.strip()):
+            v = float(v)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None
+        return _in_range(float(v))
+    t = t.removesuffix(".")
+    if _BARE_NUM_RE.fullmatch(t):
+        return _in_range(float(t))
+    return None
 
 
 @dataclass
@@ -143,7 +168,12 @@ class OpenAIJudge:
     retries: int = 2
     neutral: float = 0.5
     temperature: float = 0.0
-    stats: dict = field(default_factory=lambda: {"calls": 0, "failures": 0, "cache_hits": 0})
+    max_tokens: int = 32
+    json_mode: bool = False  # send response_format={"type": "json_object"} (llama.cpp, vLLM: constrained JSON)
+    # failures = bad_replies (HTTP 200 whose text is not a score, see parse_score) + request_errors (HTTP errors,
+    # timeouts, refused connections, after the client's retries)
+    stats: dict = field(default_factory=lambda: {"calls": 0, "failures": 0, "cache_hits": 0, "bad_replies": 0,
+                                                 "request_errors": 0})
     name: str = "openai"
 
     def __post_init__(self) -> None:
@@ -159,16 +189,22 @@ class OpenAIJudge:
     async def _one(self, client, sem: asyncio.Semaphore, it: JudgeItem) -> float:
         prompt = RUBRIC_PROMPT.format(labels=", ".join(it.labels) or "none (normal image)", reference=it.reference,
                                       query=it.query, response=it.response)
+        extra = {"response_format": {"type": "json_object"}} if self.json_mode else {}
         async with sem:
             try:
                 resp = await client.chat.completions.create(
                     model=self.model, messages=[{"role": "user", "content": prompt}],
-                    temperature=self.temperature, max_tokens=32)
-                s = parse_score(resp.choices[0].message.content if resp.choices else None)
+                    temperature=self.temperature, max_tokens=self.max_tokens, **extra)
+                reply = resp.choices[0].message.content if resp.choices else None
             except Exception as e:  # noqa: BLE001 - any judge failure is neutral, never fatal
                 log.warning("judge request failed (%s); using neutral score", type(e).__name__)
-                s = None
+                self.stats["request_errors"] += 1
+                self.stats["failures"] += 1
+                return self.neutral
+        s = parse_score(reply)
         if s is None:
+            log.warning("judge reply is not a score in [0, 10] (%r); using neutral score", (reply or "")[:60])
+            self.stats["bad_replies"] += 1
             self.stats["failures"] += 1
             return self.neutral
         self._cache[self._key(it)] = s
