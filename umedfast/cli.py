@@ -46,13 +46,54 @@ def resolve(args) -> "TrainConfig":  # noqa: F821
     return load_config(args.config, ov)
 
 
+def _resume_hint(argv: list[str] | None) -> str:
+    import shlex
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return "umedfast-train " + shlex.join([a for a in args if a != "--resume"] + ["--resume"])
+
+
+def _check_inputs(cfg) -> None:
+    """Refuse, before any data is generated or model loaded, what would fail later: model directories umedfast
+    cannot load (missing, pickle-only, truncated, LoRA adapter without safetensors), a missing data file, and an
+    output directory that cannot be created."""
+    from umedfast.errors import MissingPathError, UserError
+    from umedfast.model.loading import TINY_NAMES, check_model_dir
+
+    if cfg.model.name not in TINY_NAMES:
+        check_model_dir(cfg.model.name, "model.name")
+    if cfg.stage in ("ppo", "all") and cfg.ppo.init_from and cfg.ppo.init_from not in TINY_NAMES:
+        check_model_dir(cfg.ppo.init_from, "ppo.init_from")
+    if cfg.stage == "ppo" and not cfg.ppo.init_from and cfg.model.name in TINY_NAMES \
+            and not (Path(cfg.output_dir) / "sft" / "final").is_dir():
+        import logging
+
+        logging.getLogger("umedfast.cli").warning(
+            "--stage ppo: no %s/sft/final and no ppo.init_from: PPO starts from the untrained %s",
+            cfg.output_dir, cfg.model.name)
+    if cfg.data.path and not Path(cfg.data.path).is_file():
+        raise MissingPathError(f"data.path {cfg.data.path!r} does not exist" if not Path(cfg.data.path).exists()
+                               else f"data.path {cfg.data.path!r} is not a file (give the MAU JSONL)")
+    out = Path(cfg.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".umedfast-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot create or write the output directory {str(out)!r}: {e.strerror or e}") from None
+
+
 def train_main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors print one line and return 2, Ctrl-C prints how to resume and returns 130."""
     args = build_parser().parse_intermixed_args(argv)  # options may follow the key=value overrides
-    from umedfast.config import ConfigError, save_config
+    from umedfast.config import resolve_paths, save_config
+    from umedfast.errors import UserError
+    from umedfast.train.interrupt import Interrupted, graceful_sigint, stop_requested
 
     try:
-        cfg = resolve(args)
-    except (ConfigError, FileNotFoundError) as e:
+        cfg = resolve_paths(resolve(args))  # every relative path: against the working directory, once, here
+    except UserError as e:
         print(f"umedfast-train: {e}", file=sys.stderr)
         return 2
     if not args.resume:  # never mix a new run into an old one's metrics and checkpoints
@@ -66,28 +107,48 @@ def train_main(argv: list[str] | None = None) -> int:
                 return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from umedfast.train.common import resolve_device, setup_threads
-    from umedfast.train.distributed import cleanup, init_distributed
-
-    setup_threads(cfg)
-    d = init_distributed("cuda" if cfg.device != "cpu" and _cuda() else "cpu")
-    resolve_device(cfg, d)  # fail early on device=cuda without CUDA
-    out = Path(cfg.output_dir)
-    if d.is_main:
-        save_config(cfg, out / "config.yaml")
-    t0 = time.time()
-    results = {}
+    stage_now = cfg.stage
     try:
-        if cfg.stage in ("sft", "all"):
-            from umedfast.train.sft import run_sft
+        _check_inputs(cfg)
+        from umedfast.train.common import resolve_device, setup_threads
+        from umedfast.train.distributed import cleanup, init_distributed
 
-            results["sft"] = run_sft(cfg, d, resume=args.resume)
-        if cfg.stage in ("ppo", "all"):
-            from umedfast.train.ppo import run_ppo
+        setup_threads(cfg, local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        d = init_distributed("cuda" if cfg.device != "cpu" and _cuda() else "cpu")
+        out = Path(cfg.output_dir)
+        t0 = time.time()
+        results = {}
+        try:
+            resolve_device(cfg, d)  # fail early on device=cuda without CUDA
+            if d.is_main:
+                save_config(cfg, out / "config.yaml")
+            with graceful_sigint():
+                if cfg.stage in ("sft", "all"):
+                    from umedfast.train.sft import run_sft
 
-            results["ppo"] = run_ppo(cfg, d, resume=args.resume)
-    finally:
-        cleanup(d)
+                    stage_now = "sft"
+                    results["sft"] = run_sft(cfg, d, resume=args.resume)
+                    if stop_requested() and cfg.stage == "all":  # Ctrl-C during SFT's last step or evaluation
+                        raise Interrupted("sft", results["sft"]["steps"], None)
+                if cfg.stage in ("ppo", "all"):
+                    from umedfast.train.ppo import run_ppo
+
+                    stage_now = "ppo"
+                    results["ppo"] = run_ppo(cfg, d, resume=args.resume)
+        finally:
+            cleanup(d)
+    except UserError as e:
+        print(f"umedfast-train: {e}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        saved = f"checkpoint {e.checkpoint}" if e.checkpoint else "no new checkpoint"
+        print(f"umedfast-train: {e.stage} interrupted at step {e.step} ({saved}); continue with: "
+              f"{_resume_hint(argv)}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"umedfast-train: {stage_now} stopped by a second Ctrl-C (the newest complete checkpoint is kept); "
+              f"continue with: {_resume_hint(argv)}", file=sys.stderr)
+        return 130
     if d.is_main:
         summary = {"wall_s": round(time.time() - t0, 1), "output_dir": str(out)}
         for stage, r in results.items():

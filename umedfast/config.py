@@ -7,6 +7,8 @@ with a default. ``save_config`` writes the final, fully resolved config next to 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from umedfast.errors import UserError
 
 
 PARALLEL_MODES = ("ddp", "fsdp2")   # TrainConfig.parallel (checked here and by umedfast.train.distributed)
@@ -121,7 +125,8 @@ class TrainConfig:
     stage: str = "all"                  # "sft", "ppo" or "all"
     device: str = "auto"                # "auto" (cuda if available), "cpu", "cuda"
     seed: int = 0                       # global seed (model init, sampling, data order)
-    threads: int = 0                    # torch intra-op threads on CPU (0 = torch default)
+    threads: str = "auto"               # torch intra-op threads on CPU: "auto" (the cores free at start, from the
+                                        # load average), an integer N, or 0 (torch default = all cores)
     log_every: int = 1                  # metrics JSONL/TensorBoard every N optimizer steps
     eval_batch_size: int = 16           # generation batch at evaluation
     progress: bool = True               # tqdm bars
@@ -133,7 +138,7 @@ class TrainConfig:
     parallel: str = "ddp"               # torchrun data parallelism: "ddp" (replicas) or "fsdp2" (sharded weights/optim)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override names an unknown key or a value of the wrong type."""
 
 
@@ -165,6 +170,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if typ is str:
         if value is None:
@@ -187,8 +194,8 @@ def _build(cls, data: dict, where: str = ""):
 
 def apply_override(cfg: TrainConfig, item: str) -> None:
     """Apply one ``a.b=value`` override in place (value parsed as YAML, then checked against the field type)."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not key=value")
+    if "=" not in item or not item.split("=", 1)[0].strip():
+        raise ConfigError(f"override {item!r} is not key=value (e.g. ppo.k=8)")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
     obj = cfg
@@ -204,12 +211,32 @@ def apply_override(cfg: TrainConfig, item: str) -> None:
         else:
             if dataclasses.is_dataclass(types_[p]):
                 raise ConfigError(f"{key} is a section; override its fields ({key}.<field>=...)")
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError:
+                value = raw  # e.g. "data.path=a: b" or "x=[1,": keep the text; the type check below decides
             setattr(obj, p, _coerce(value, types_[p], key))
 
 
+def threads_value(threads: str) -> int | str:
+    """``"auto"`` or a non-negative integer (0 = torch default); raises ConfigError otherwise."""
+    t = str(threads).strip().lower()
+    if t == "auto":
+        return "auto"
+    try:
+        n = int(t)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ConfigError(f"threads must be auto or an integer >= 0 (0 = all cores), got {threads!r}")
+    return n
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
-    """Check enumerations and ranges; raises ConfigError with the offending key."""
+    """Check enumerations and ranges before anything is loaded; raises ConfigError naming the offending key."""
+    from umedfast.boxes import FORMATS
+
+    p, s, d, m = cfg.ppo, cfg.sft, cfg.data, cfg.model
     checks = [
         (cfg.stage in ("sft", "ppo", "all"), "stage must be sft, ppo or all"),
         (cfg.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
@@ -225,10 +252,70 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (0.0 <= cfg.ppo.giou_weight <= 1.0, "ppo.giou_weight must be in [0, 1]"),
         (cfg.data.generalization in ("", "category", "source", "modality"),
          "data.generalization must be '', category, source or modality"),
+        # values that would otherwise fail (or silently train nothing) only after the model has loaded
+        (s.lr > 0, f"sft.lr must be > 0, got {s.lr}"),
+        (p.lr > 0, f"ppo.lr must be > 0, got {p.lr}"),
+        (p.value_lr > 0, f"ppo.value_lr must be > 0, got {p.value_lr}"),
+        (p.max_new_tokens >= 1, f"ppo.max_new_tokens must be >= 1, got {p.max_new_tokens}"),
+        (p.eval_max_new_tokens >= 1, f"ppo.eval_max_new_tokens must be >= 1, got {p.eval_max_new_tokens}"),
+        (s.eval_max_new_tokens >= 1, f"sft.eval_max_new_tokens must be >= 1, got {s.eval_max_new_tokens}"),
+        (p.minibatch_size >= 1, f"ppo.minibatch_size must be >= 1, got {p.minibatch_size}"),
+        (p.queries_per_step >= 1, f"ppo.queries_per_step must be >= 1, got {p.queries_per_step}"),
+        (p.temperature > 0, f"ppo.temperature must be > 0 (1.0 samples from the policy), got {p.temperature}"),
+        (0 < p.top_p <= 1, f"ppo.top_p must be in (0, 1], got {p.top_p}"),
+        (p.steps >= 0, f"ppo.steps must be >= 0, got {p.steps}"),
+        (p.ppo_epochs >= 1, f"ppo.ppo_epochs must be >= 1, got {p.ppo_epochs}"),
+        (s.epochs >= 0, f"sft.epochs must be >= 0, got {s.epochs}"),
+        (s.max_steps >= 0, f"sft.max_steps must be >= 0 (0 = all epochs), got {s.max_steps}"),
+        (s.save_every >= 0 and p.save_every >= 0, "sft.save_every and ppo.save_every must be >= 0 (0 = at the end)"),
+        (0 <= s.warmup_ratio <= 1 and 0 <= p.warmup_ratio <= 1, "warmup_ratio must be in [0, 1]"),
+        (0 <= s.min_lr_ratio <= 1 and 0 <= p.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
+        (0 <= p.gamma <= 1 and 0 <= p.lam <= 1, "ppo.gamma and ppo.lam must be in [0, 1]"),
+        (p.kl_coef >= 0, f"ppo.kl_coef must be >= 0, got {p.kl_coef}"),
+        (p.clip_eps > 0, f"ppo.clip_eps must be > 0, got {p.clip_eps}"),
+        (cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}"),
+        (cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}"),
+        (d.box_format in FORMATS, f"data.box_format must be one of {sorted(FORMATS)}, got {d.box_format!r}"),
+        (d.style in ("compact", "full"), f"data.style must be compact or full, got {d.style!r}"),
+        (d.eval_split in ("train", "val", "test"), f"data.eval_split must be train, val or test, got {d.eval_split!r}"),
+        (d.max_train >= 0 and d.max_eval >= 0, "data.max_train and data.max_eval must be >= 0 (0 = all)"),
+        (bool(d.path) or d.synth_n >= 1, f"data.synth_n must be >= 1 (no data.path given), got {d.synth_n}"),
+        (bool(d.path) or d.synth_image_size >= 32, f"data.synth_image_size must be >= 32, got {d.synth_image_size}"),
+        (m.dtype in ("auto", "float32", "bfloat16", "float16"),
+         f"model.dtype must be auto, float32, bfloat16 or float16, got {m.dtype!r}"),
+        (not m.lora or m.lora_r >= 1, f"model.lora_r must be >= 1, got {m.lora_r}"),
+        (bool(m.name.strip()), "model.name is empty (tiny-llava, tiny-qwen2-vl or a local model directory)"),
+        (cfg.judge.concurrency >= 1, f"judge.concurrency must be >= 1, got {cfg.judge.concurrency}"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    # max-over-K normalization with one candidate divides every ALR/VRR by itself: each becomes 1 (or 0)
+    for norm, w, name in ((p.alr_norm, p.w_alr, "alr"), (p.vrr_norm, p.w_vrr, "vrr")):
+        if p.k == 1 and norm == "max" and w != 0:
+            raise ConfigError(f"ppo.k=1 with ppo.{name}_norm=max turns every {name.upper()} into 1 (each candidate is "
+                              f"its own group maximum): use ppo.k >= 2, or ppo.{name}_norm=none")
+    threads_value(cfg.threads)
+    return cfg
+
+
+def resolve_paths(cfg: TrainConfig, base: str | Path | None = None) -> TrainConfig:
+    """Make the config's paths absolute, once, at the command-line boundary (relative = to ``base``, default the
+    working directory): ``output_dir``, ``data.path``, ``ppo.init_from`` and ``model.name`` when it names an
+    existing directory (the tiny sentinels stay as they are). The saved ``config.yaml`` then works from anywhere."""
+    base = Path(os.path.abspath(base or os.getcwd()))
+
+    def absolute(p: str) -> str:
+        return os.path.normpath(base / os.path.expanduser(p))
+
+    cfg.output_dir = absolute(cfg.output_dir or ".")
+    if cfg.data.path:
+        cfg.data.path = absolute(cfg.data.path)
+    if cfg.ppo.init_from:
+        cfg.ppo.init_from = absolute(cfg.ppo.init_from)
+    name = cfg.model.name
+    if name and not name.startswith("tiny-") and os.path.exists(absolute(name)):
+        cfg.model.name = absolute(name)
     return cfg
 
 
@@ -239,9 +326,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {p} is not UTF-8 text (is it a YAML file?)") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f":{mark.line + 1}" if mark is not None else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{p}{at}: invalid YAML ({what})") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"{p} must hold a mapping at the top level")
+            raise ConfigError(f"{p} must hold a mapping (key: value lines) at the top level, "
+                              f"got {type(data).__name__}")
     cfg = _build(TrainConfig, data)
     for o in overrides:
         apply_override(cfg, o)

@@ -4,10 +4,15 @@ JSONL schema (one ``MAURecord`` per line, see docs/data.md):
 ``{"id", "image", "source", "modality", "findings": [{"label", "box_xyxy"}], "query", "response", "split",
 "image_size": [W, H], "meta": {}}``. ``box_xyxy`` is in pixels of the original image; ``findings == []`` means a
 normal image. ``image`` is written relative to the JSONL's folder when the image lies inside it, else absolute.
+
+Path rule (one for the whole package): in memory, ``MAURecord.image`` is an ordinary path, absolute or relative to
+the current working directory; on disk, it is relative to the JSONL's folder (or absolute when outside it).
+``write_mau`` and ``read_mau`` are the only places that convert, so a JSONL folder can be moved or copied as a whole.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +22,11 @@ import numpy as np
 from PIL import Image
 
 from umedfast.boxes import clip_box01, pixels_to_unit
+from umedfast.errors import UserError
+
+
+class RecordError(UserError):
+    """A MAU JSONL line (or record) is malformed; the message starts with ``file:line``."""
 
 
 @dataclass
@@ -71,34 +81,53 @@ _FIELDS = {"id", "image", "source", "modality", "findings", "query", "response",
 _REQUIRED = {"id", "image", "source", "modality", "findings", "query", "response"}
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def record_from_dict(d: dict, *, where: str = "record") -> MAURecord:
-    """Validate one JSON object into an MAURecord; errors name ``where`` (file:line)."""
+    """Validate one JSON object into an MAURecord; errors (``RecordError``) name ``where`` (file:line).
+
+    Checks: required fields present, no unknown field, ``findings`` a list of ``{"label", "box_xyxy"}`` with 4 finite
+    numbers and x1 < x2, y1 < y2; ``image_size`` two non-negative integers; ``meta`` an object."""
     if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        raise RecordError(f"{where}: expected a JSON object, got {type(d).__name__}")
     missing = _REQUIRED - d.keys()
     if missing:
-        raise ValueError(f"{where}: missing field(s) {sorted(missing)}")
+        raise RecordError(f"{where}: missing field(s) {sorted(missing)}")
     unknown = d.keys() - _FIELDS
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
+        raise RecordError(f"{where}: unknown field(s) {sorted(unknown)}")
+    if not isinstance(d["image"], str) or not d["image"].strip():
+        raise RecordError(f"{where}: 'image' must be a non-empty path string, got {d['image']!r}")
     findings = d["findings"]
     if not isinstance(findings, list):
-        raise ValueError(f"{where}: 'findings' must be a list")
+        raise RecordError(f"{where}: 'findings' must be a list")
     clean = []
     for j, f in enumerate(findings):
         if not isinstance(f, dict) or "label" not in f or "box_xyxy" not in f:
-            raise ValueError(f"{where}: findings[{j}] needs 'label' and 'box_xyxy'")
+            raise RecordError(f"{where}: findings[{j}] needs 'label' and 'box_xyxy'")
         box = f["box_xyxy"]
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-            raise ValueError(f"{where}: findings[{j}].box_xyxy must be 4 numbers, got {box!r}")
-        clean.append({"label": str(f["label"]), "box_xyxy": [float(v) for v in box]})
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            raise RecordError(f"{where}: findings[{j}].box_xyxy must be 4 numbers, got {box!r}")
+        x1, y1, x2, y2 = (float(v) for v in box)
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            raise RecordError(f"{where}: findings[{j}].box_xyxy {box!r} has non-finite coordinates")
+        if not (x1 < x2 and y1 < y2):
+            raise RecordError(f"{where}: findings[{j}].box_xyxy {box!r} is not ordered [x1, y1, x2, y2] with "
+                              "x1 < x2 and y1 < y2")
+        clean.append({"label": str(f["label"]), "box_xyxy": [x1, y1, x2, y2]})
     size = d.get("image_size", [0, 0])
-    if not (isinstance(size, list) and len(size) == 2):
-        raise ValueError(f"{where}: image_size must be [W, H]")
-    return MAURecord(id=str(d["id"]), image=str(d["image"]), source=str(d["source"]), modality=str(d["modality"]),
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_number(v) and float(v).is_integer() and v >= 0
+                                                               for v in size)):
+        raise RecordError(f"{where}: image_size must be [W, H] (two non-negative integers), got {size!r}")
+    meta = d.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise RecordError(f"{where}: 'meta' must be an object, got {type(meta).__name__}")
+    return MAURecord(id=str(d["id"]), image=d["image"], source=str(d["source"]), modality=str(d["modality"]),
                      findings=clean, query=str(d["query"]), response=str(d["response"]),
                      split=str(d.get("split", "train")), image_size=[int(size[0]), int(size[1])],
-                     meta=dict(d.get("meta") or {}))
+                     meta=dict(meta))
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -111,16 +140,14 @@ def _inside(path: Path, root: Path) -> bool:
 
 def write_mau(records: Iterable[MAURecord], path) -> Path:
     """Write records as JSONL (atomic replace). Images inside the file's folder are stored relative to it."""
-    path = Path(path)
+    path = Path(os.path.abspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    root = path.parent.resolve()
+    root = path.parent
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         for r in records:
             d = r.to_dict()
-            img = Path(r.image)
-            img_abs = img if img.is_absolute() else (root / img)
-            img_abs = Path(os.path.normpath(img_abs))
+            img_abs = Path(os.path.abspath(r.image))  # in memory: absolute, or relative to the working directory
             d["image"] = img_abs.relative_to(root).as_posix() if _inside(img_abs, root) else str(img_abs)
             fh.write(json.dumps(d, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
@@ -130,29 +157,44 @@ def write_mau(records: Iterable[MAURecord], path) -> Path:
 def read_mau(path) -> list[MAURecord]:
     """Read a JSONL written by ``write_mau``; ``image`` comes back absolute.
 
-    Relative image paths must stay inside the JSONL's folder ("../x.png" is an error naming file and line).
+    Relative image paths are taken relative to the JSONL's folder and must stay inside it ("../x.png" is an error
+    naming file and line). Every error is a ``RecordError`` naming ``file:line``: a missing file, a line that is not
+    UTF-8 text (a binary file) or not JSON, an invalid record.
     """
     path = Path(path)
-    root = path.parent.resolve()
+    if not path.is_file():
+        raise RecordError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    root = Path(os.path.abspath(path.parent))
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for i, raw in enumerate(fh, 1):
+            where = f"{path}:{i}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RecordError(f"{where}: not UTF-8 text (is this a JSONL file of MAU records?)") from None
             if not line.strip():
                 continue
-            where = f"{path}:{i}"
             try:
                 d = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
+                raise RecordError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
+            except RecursionError:
+                raise RecordError(f"{where}: invalid JSON (nested too deeply)") from None
             r = record_from_dict(d, where=where)
             img = Path(r.image)
             if not img.is_absolute():
                 img = Path(os.path.normpath(root / img))
                 if not _inside(img, root):
-                    raise ValueError(f"{where}: image path {r.image!r} leaves the JSONL folder {root}")
+                    raise RecordError(f"{where}: image path {r.image!r} leaves the JSONL folder {root}")
             r.image = str(img)
             out.append(r)
     return out
+
+
+def missing_images(records: Iterable[MAURecord]) -> list[MAURecord]:
+    """The records whose image file does not exist (checked before training or evaluation starts)."""
+    return [r for r in records if not os.path.isfile(r.image)]
 
 
 def record_targets(record: MAURecord) -> list[tuple[str, tuple[float, float, float, float]]]:

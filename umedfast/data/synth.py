@@ -414,7 +414,7 @@ def generate(n: int, out_dir, *, seed: int = 0, image_size: int = 224, box_forma
     """
     if n < 0 or image_size < 32:
         raise ValueError("need n >= 0 and image_size >= 32")
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.abspath(out_dir))  # records carry absolute image paths (workers may not share a cwd)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     if workers is None:
         # fork() after torch has started its thread pools can hang children: stay in-process when torch is loaded

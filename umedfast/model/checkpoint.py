@@ -69,9 +69,9 @@ def load_checkpoint(ckpt_dir, *, device: str = "cpu", dtype: torch.dtype | None 
 
     A separate critic, if saved, is at ``ckpt_dir/critic`` (load it with ``load_vlm(ckpt_dir/'critic').model``).
     """
-    d = Path(ckpt_dir)
-    if not (d / "config.json").is_file():
-        raise FileNotFoundError(f"{d} is not a checkpoint directory (no config.json)")
+    from umedfast.model.loading import check_model_dir  # noqa: PLC0415
+
+    d = check_model_dir(ckpt_dir, "checkpoint")  # missing files, pickles, truncated safetensors: one UserError line
     bundle = load_vlm(str(d), dtype=dtype or default_dtype(device), device=device,
                       attn_implementation=attn_implementation)
     head = load_value_head(d / VALUE_HEAD_FILE, device) if (d / VALUE_HEAD_FILE).is_file() else None

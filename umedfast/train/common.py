@@ -30,19 +30,84 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup_threads(cfg: TrainConfig) -> None:
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+def _cpu_times(cpus) -> dict[int, tuple[int, int]] | None:
+    """{cpu: (idle ticks, total ticks)} from /proc/stat for the given CPU ids (None where it cannot be read)."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    out = {}
+    for ln in lines:
+        name, *vals = ln.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            v = [int(x) for x in vals[:8]]
+            out[int(name[3:])] = (v[3] + v[4], sum(v))  # idle + iowait, all states
+    return out or None
+
+
+def free_cores(window_s: float = 0.3) -> tuple[int, int, str]:
+    """(free cores, usable cores, how it was measured) for ``threads: auto``.
+
+    Usable = the CPUs this process may run on (``os.sched_getaffinity``). Free = the idle share of those CPUs
+    over ``window_s`` seconds (/proc/stat), rounded, at least 1; where /proc/stat is unreadable, usable minus
+    the 1-minute load average. Under contention fewer OpenMP threads are much faster (a thread that waits on a
+    taken core stalls the others at every parallel region), so this errs on the side of fewer threads."""
+    import os
+    import time
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    usable = len(cpus)
+    a = _cpu_times(set(cpus))
+    if a is not None:
+        time.sleep(window_s)
+        b = _cpu_times(set(cpus)) or {}
+        idle = sum((b[c][0] - a[c][0]) / max(1, b[c][1] - a[c][1]) for c in a if c in b)
+        free = int(idle + 0.5)
+        how = f"{idle:.1f} of {usable} usable cores idle over {window_s:.1f} s"
+    else:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        free = int(usable - load + 0.5)
+        how = f"load average {load:.2f} on {usable} usable cores"
+    return max(1, min(usable, free)), usable, how
+
+
+def setup_threads(cfg: TrainConfig, local_world: int = 1) -> int:
+    """Set torch's intra-op threads from ``cfg.threads`` (``auto``, N, or 0 = torch default); returns the count.
+
+    ``auto`` picks the cores free at start, shared among the ``local_world`` processes of this machine, and logs
+    the choice (override with ``threads=N``)."""
+    import logging
+
+    from umedfast.config import threads_value
+
+    t = threads_value(cfg.threads)
+    if t == "auto":
+        free, usable, how = free_cores()
+        n = max(1, free // max(1, local_world))
+        logging.getLogger("umedfast.threads").info(
+            "threads auto: %d torch thread(s) (%s%s); set threads=N to choose", n, how,
+            f", {local_world} processes" if local_world > 1 else "")
+        torch.set_num_threads(n)
+    elif t > 0:
+        torch.set_num_threads(t)
+    return torch.get_num_threads()
 
 
 def load_records(cfg: TrainConfig, d: Dist) -> tuple[list, list]:
-    """(train records, held-out records). With no ``data.path``, MAU-Synth is generated once into OUTPUT/data."""
+    """(train records, held-out records). With no ``data.path``, MAU-Synth is generated once into OUTPUT/data.
+
+    User mistakes raise ``UserError`` (one line at the CLI): a missing or empty data file, a malformed line
+    (file:line), no training records, or records whose image files are missing (checked here, before any model
+    is loaded, naming the first few)."""
     from umedfast.data import read_mau, splits
+    from umedfast.data.records import missing_images
+    from umedfast.errors import MissingPathError, UserError
 
     if cfg.data.path:
         path = Path(cfg.data.path)
         if not path.is_file():
-            raise FileNotFoundError(f"data.path {str(path)!r} does not exist")
+            raise MissingPathError(f"data.path {str(path)!r} does not exist" if not path.exists()
+                                   else f"data.path {str(path)!r} is not a file (give the MAU JSONL)")
     else:
         from umedfast.data import synth
 
@@ -53,16 +118,40 @@ def load_records(cfg: TrainConfig, d: Dist) -> tuple[list, list]:
                            box_format=cfg.data.box_format, style=cfg.data.style, progress=cfg.progress)
         barrier(d)
     records = read_mau(path)
+    if not records:
+        raise UserError(f"{path} holds no records (an empty file); build one with umedfast-data build/synth")
     gen = cfg.data.generalization or None
     train = splits.select(records, "train", gen)
     held = splits.select(records, cfg.data.eval_split, gen)
+    if cfg.data.synth_eval_n and not cfg.data.path and not gen:  # evaluation-only images, never trained on
+        held = synth_eval_records(cfg, d)
     if cfg.data.max_train:
         train = train[:cfg.data.max_train]
     if cfg.data.max_eval:
         held = held[:cfg.data.max_eval]
     if not train:
-        raise ValueError(f"no training records in {path}")
+        raise UserError(f"no training records in {path} (split 'train'"
+                        + (f", generalization {gen}" if gen else "") + f"; {len(records)} records in the file)")
+    lost = missing_images(train + held)
+    if lost:
+        names = ", ".join(f"{r.id} ({r.image})" for r in lost[:3])
+        raise UserError(f"{len(lost)} of {len(train) + len(held)} records in {path} point to missing image files, "
+                        f"e.g. {names}" + (f" and {len(lost) - 3} more" if len(lost) > 3 else ""))
     return train, held
+
+
+def synth_eval_records(cfg: TrainConfig, d: Dist) -> list:
+    """``data.synth_eval_n`` MAU-Synth images from another seed (``synth_seed + 1``), all held out, generated once
+    into OUTPUT/data_eval: a test set large enough for paired comparisons (~1,000 images) at no training cost."""
+    from umedfast.data import read_mau, synth
+
+    out = Path(cfg.output_dir) / "data_eval"
+    path = out / synth.JSONL_NAME
+    if d.is_main and not path.is_file():
+        synth.generate(cfg.data.synth_eval_n, out, seed=cfg.data.synth_seed + 1, image_size=cfg.data.synth_image_size,
+                       box_format=cfg.data.box_format, style=cfg.data.style, progress=cfg.progress)
+    barrier(d)
+    return read_mau(path)
 
 
 def model_dtype(cfg: TrainConfig, device: str) -> torch.dtype:

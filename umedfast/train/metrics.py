@@ -14,7 +14,10 @@ from pathlib import Path
 class MetricsLogger:
     """Write one JSON object per logged step to ``<dir>/metrics.jsonl`` and scalars to TensorBoard (main rank)."""
 
-    def __init__(self, out_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, out_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
+                 keep_through: int | None = None):
+        """``keep_through``: on resume, the restored checkpoint's step; rows with a larger step (logged by a killed
+        run after its last checkpoint, and about to be logged again) are removed first, so each step appears once."""
         self.dir = Path(out_dir)
         self.enabled = enabled
         self._tb = None
@@ -22,6 +25,8 @@ class MetricsLogger:
         self.t0 = time.time()
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
+            if keep_through is not None:
+                truncate_metrics(self.dir / "metrics.jsonl", keep_through)
             self._f = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
             if tensorboard:
                 try:
@@ -64,6 +69,35 @@ class MetricsLogger:
             self._f.close()
             if self._tb is not None:
                 self._tb.close()
+
+
+def truncate_metrics(path: str | Path, keep_through: int) -> int:
+    """Drop the rows of a metrics JSONL whose ``step`` is above ``keep_through`` (atomically); returns how many.
+
+    A torn last line (the process was killed mid-write) is dropped too."""
+    import os
+
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            ok = isinstance(row, dict) and int(row.get("step", 0)) <= keep_through
+        except (ValueError, TypeError):
+            ok = False
+        if ok:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
 
 
 class NonFiniteGuard:

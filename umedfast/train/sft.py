@@ -20,6 +20,7 @@ from umedfast.train.common import (autocast, load_policy, load_records, resolve_
 from umedfast.train.distributed import Dist, all_reduce_sum, barrier, no_sync, use_fsdp, wrap_ddp
 from umedfast.train.fsdp import (checkpoint_views, gathered_for_save, is_sharded, local_fraction, scalar,
                                  shard_model)
+from umedfast.train.interrupt import Interrupted, stop_requested
 from umedfast.train.metrics import MetricsLogger, NonFiniteGuard
 
 
@@ -98,7 +99,8 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         st = load_training_state(ckpt, model=m_, optimizer=o_, scheduler=sched, order=order, d=d, device=device)
         step = st["step"]
         last_eval = st["extra"].get("eval")
-    log = MetricsLogger(run_dir, enabled=d.is_main)
+    # on resume, rows logged after the restored checkpoint (a killed run's last steps) are dropped: each step once
+    log = MetricsLogger(run_dir, enabled=d.is_main, keep_through=step if resume else None)
     guard = NonFiniteGuard()
     bar = tqdm(total=total, initial=step, desc="sft", unit="step", disable=not (cfg.progress and d.is_main))
     dtype = next(model.parameters()).dtype
@@ -141,10 +143,16 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
             model.train()
             if last_eval is not None:
                 log.log(step, {f"eval_{k}": v for k, v in last_eval.items() if isinstance(v, (int, float))})
-        if (s.save_every and step % s.save_every == 0) or step == total:
+        saved = None
+        if (s.save_every and step % s.save_every == 0) or step == total or stop_requested():
+            # Ctrl-C: checkpoint at this step boundary (model, optimizer, scheduler and data order agree), then stop
             m_, o_, _ = checkpoint_views(model, opt, d)
-            save_training_state(run_dir, step, model=m_, optimizer=o_, scheduler=sched, order=order, d=d,
-                                extra={"eval": last_eval})
+            saved = save_training_state(run_dir, step, model=m_, optimizer=o_, scheduler=sched, order=order, d=d,
+                                        extra={"eval": last_eval})
+        if stop_requested() and step < total:
+            bar.close()
+            log.close()
+            raise Interrupted("sft", step, saved)
     bar.close()
     with gathered_for_save([model, bundle.base_model], d):
         if d.is_main:

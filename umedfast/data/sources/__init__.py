@@ -5,6 +5,7 @@ listed in the returned list's ``.skipped``. Image paths are looked up under ``ro
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from umedfast.data.sources.common import FindingList, SourceFormatError
@@ -18,7 +19,7 @@ def load_source(name: str, root, *, skip_bad: bool = False, **kw) -> FindingList
     Returns a list of Finding; ``.skipped`` lists the messages of skipped bad entries (``skip_bad=True``).
     Extra keywords go to the adapter (``nih``: ``normals=True`` adds "No Finding" images from Data_Entry_2017*.csv).
     """
-    root = Path(root)
+    root = Path(os.path.abspath(root))  # findings carry absolute image paths whatever the working directory
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {root} is not a directory")
     if name not in LOADERS:
