@@ -212,6 +212,7 @@ def test_run_generalization_split_prints_held_out_columns(synth_data, tmp_path, 
         return real(bundle, records, out_path, responses=[r.response for r in records], **kw)
 
     monkeypatch.setattr(cli, "load_model", lambda spec, device: None)
+    monkeypatch.setattr(cli, "check_checkpoint", lambda spec: None)  # "gold" is no checkpoint directory
     monkeypatch.setattr(mau, "evaluate_and_write", gold)
     sources = sorted({r.source.removeprefix("synth-") for r in recs})
     held = sources[0]

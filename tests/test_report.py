@@ -50,7 +50,7 @@ def test_training_curves_groups(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_training_curves([{"step": 1}], tmp_path / "none.png") is None
     (tmp_path / "bad.jsonl").write_text('{"step": 1}\nnot json\n')
-    with pytest.raises(ValueError, match="line 2"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: invalid JSON"):
         read_metrics_jsonl(tmp_path / "bad.jsonl")
 
 

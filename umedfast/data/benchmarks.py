@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from umedfast.errors import UserError
+
 import numpy as np
 
 from umedfast.data.sources.common import read_json
@@ -71,7 +73,7 @@ class BenchSample:
         return self.answer
 
 
-class BenchmarkFormatError(ValueError):
+class BenchmarkFormatError(UserError):
     """A benchmark file does not have the expected structure (the message names the file and entry)."""
 
 
@@ -100,8 +102,10 @@ class _ImageIndex:
                 return cand.resolve()
         if self._by_name is None:
             self._by_name = {}
-            for p in self.root.rglob("*"):
-                if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"):
+            for p in sorted(self.root.rglob("*")):
+                # a symlink that points outside the dataset root is never followed
+                if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff") \
+                        and _inside(p, self.root):
                     self._by_name.setdefault(p.name, p.resolve())
         return self._by_name.get(Path(rel).name)
 

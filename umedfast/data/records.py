@@ -154,6 +154,34 @@ def write_mau(records: Iterable[MAURecord], path) -> Path:
     return path
 
 
+def iter_jsonl(path, what: str = "JSONL"):
+    """Yield ``(where, obj)`` for each non-blank line of a JSON Lines file, ``where`` = ``file:line``.
+
+    Every problem is a ``RecordError`` naming ``file:line``: a missing file, bytes that are not UTF-8 (a binary
+    file), a line that is not JSON or not a JSON object."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    with open(path, "rb") as fh:
+        for i, raw in enumerate(fh, 1):
+            where = f"{path}:{i}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RecordError(f"{where}: not UTF-8 text (is this a {what} file?)") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
+            except RecursionError:
+                raise RecordError(f"{where}: invalid JSON (nested too deeply)") from None
+            if not isinstance(obj, dict):
+                raise RecordError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            yield where, obj
+
+
 def read_mau(path) -> list[MAURecord]:
     """Read a JSONL written by ``write_mau``; ``image`` comes back absolute.
 
@@ -162,33 +190,17 @@ def read_mau(path) -> list[MAURecord]:
     UTF-8 text (a binary file) or not JSON, an invalid record.
     """
     path = Path(path)
-    if not path.is_file():
-        raise RecordError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     root = Path(os.path.abspath(path.parent))
     out = []
-    with open(path, "rb") as fh:
-        for i, raw in enumerate(fh, 1):
-            where = f"{path}:{i}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise RecordError(f"{where}: not UTF-8 text (is this a JSONL file of MAU records?)") from None
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
-            except RecursionError:
-                raise RecordError(f"{where}: invalid JSON (nested too deeply)") from None
-            r = record_from_dict(d, where=where)
-            img = Path(r.image)
-            if not img.is_absolute():
-                img = Path(os.path.normpath(root / img))
-                if not _inside(img, root):
-                    raise RecordError(f"{where}: image path {r.image!r} leaves the JSONL folder {root}")
-            r.image = str(img)
-            out.append(r)
+    for where, d in iter_jsonl(path, "MAU JSONL"):
+        r = record_from_dict(d, where=where)
+        img = Path(r.image)
+        if not img.is_absolute():
+            img = Path(os.path.normpath(root / img))
+            if not _inside(img, root):
+                raise RecordError(f"{where}: image path {r.image!r} leaves the JSONL folder {root}")
+        r.image = str(img)
+        out.append(r)
     return out
 
 

@@ -35,6 +35,14 @@ def load_model(spec: str, device: str):
     raise SystemExit(f"--checkpoint {spec!r}: not a directory (and not a built-in tiny model name)")
 
 
+def check_checkpoint(spec: str) -> None:
+    """Refuse a --checkpoint that cannot load (missing, missing files, pickle-only, truncated) in one line."""
+    from umedfast.model.loading import TINY_NAMES, check_model_dir
+
+    if spec not in TINY_NAMES:
+        check_model_dir(spec, "--checkpoint")
+
+
 def _names(specs, names_arg):
     if names_arg:
         names = [n.strip() for n in names_arg.split(",")]
@@ -76,11 +84,19 @@ def cmd_run(a) -> int:
         records = records[: a.limit]
     if not records:
         raise SystemExit(f"no records in {a.data} for split={a.split} generalization={a.generalization}")
+    from umedfast.data.records import missing_images
+
+    lost = missing_images(records)
+    if lost:  # checked before any model is loaded
+        raise SystemExit(f"{len(lost)} of {len(records)} records in {a.data} point to missing image files, e.g. "
+                         + ", ".join(f"{r.id} ({r.image})" for r in lost[:3]))
     judge = None
     if a.judge:
         from umedfast.eval.judged import make_eval_judge
         judge = make_eval_judge(a.judge, base_url=a.judge_base_url, model=a.judge_model, api_key_env=a.judge_key_env)
     names = _names(a.checkpoint, a.names)
+    for spec in a.checkpoint:  # every checkpoint checked before the first one is evaluated
+        check_checkpoint(spec)
     out_root = Path(a.out)
     results = []
     for spec, name in zip(a.checkpoint, names):
@@ -202,6 +218,7 @@ def cmd_bench(a) -> int:
         samples = samples[: a.limit]
     if not samples:
         raise SystemExit(f"no {a.benchmark} questions under {a.root}")
+    check_checkpoint(a.checkpoint)
     bundle = load_model(a.checkpoint, a.device)
     metrics, rows = evaluate_benchmark(bundle, samples, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens)
     print(json.dumps(metrics, indent=2))
@@ -316,13 +333,18 @@ def main(argv=None) -> int:
     if not getattr(a, "func", None):
         build_parser().print_help()
         return 2
-    from umedfast.data.benchmarks import BenchmarkFormatError
+    from umedfast.errors import UserError
 
     try:
         return a.func(a)
-    except (FileNotFoundError, T.EvalFileError, BenchmarkFormatError) as e:  # bad input: one line, no traceback
+    except (FileNotFoundError, UserError) as e:  # bad input (file:line where it has one): one line, no traceback
         print(f"umedfast-eval: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # the commands' own refusals (raise SystemExit("...")): same one line, status 2
+        if isinstance(e.code, str):
+            print(f"umedfast-eval: {e.code}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from umedfast.errors import MissingPathError, UserError
+
 
 @dataclass(frozen=True)
 class PairedDelta:
@@ -35,21 +37,29 @@ class PairedDelta:
         return self.lo > 0 or self.hi < 0
 
 
+class PredictionsError(UserError):
+    """A predictions file cannot be compared (the message names ``file:line``)."""
+
+
 def read_predictions(path: str | Path) -> dict[str, dict]:
-    """``eval.predictions.jsonl`` (or its directory) -> {record id: scored sample}."""
+    """``eval.predictions.jsonl`` (or its directory) -> {record id: scored sample}; malformed lines raise a
+    ``UserError`` naming ``file:line``."""
+    from umedfast.data.records import iter_jsonl
+
     p = Path(path)
     if p.is_dir():
         p = p / "eval.predictions.jsonl"
     if not p.is_file():
-        raise FileNotFoundError(f"no predictions file at {str(p)!r} (umedfast-eval run / umedfast-train write it)")
+        raise MissingPathError(f"no predictions file at {str(p)!r} (umedfast-eval run / umedfast-train write it)")
     out = {}
-    for i, line in enumerate(p.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                s = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}:{i}: not JSON ({e.msg})") from None
-            out[str(s["id"])] = s
+    for where, s in iter_jsonl(p, "predictions JSONL"):
+        if "id" not in s or "correct" not in s:
+            raise PredictionsError(f"{where}: a prediction needs 'id' and 'correct' (written by umedfast-eval run)")
+        if s.get("iou") is not None and not isinstance(s["iou"], (int, float)):
+            raise PredictionsError(f"{where}: 'iou' must be a number or null, got {s['iou']!r}")
+        out[str(s["id"])] = s
+    if not out:
+        raise PredictionsError(f"{p}: no predictions (an empty file)")
     return out
 
 
@@ -77,7 +87,7 @@ def paired_deltas(a: dict[str, dict], b: dict[str, dict], *, n_boot: int = 2000,
     same record ids (an evaluation of different images is not a paired comparison)."""
     if set(a) != set(b):
         only = sorted(set(a) ^ set(b))
-        raise ValueError(f"the runs were scored on different records ({len(only)} differ, e.g. {only[:3]})")
+        raise PredictionsError(f"the runs were scored on different records ({len(only)} differ, e.g. {only[:3]})")
     ids = sorted(a)
     out = []
     acc_a = torch.tensor([float(a[i]["correct"]) for i in ids], dtype=torch.float64)

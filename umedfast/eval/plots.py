@@ -1,7 +1,6 @@
 """Matplotlib (Agg) figures for reports: a sample with its boxes and attention heatmap, and training curves."""
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -69,15 +68,9 @@ def _save(fig, path) -> Path:
 
 def read_metrics_jsonl(path) -> list[dict]:
     """Rows of a training metrics JSONL (umedfast.train.metrics.MetricsLogger); malformed lines are an error."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {n}: not JSON ({e})") from None
-    return rows
+    from umedfast.data.records import iter_jsonl
+
+    return [row for _, row in iter_jsonl(path, "metrics JSONL")]  # a bad line: UserError naming file:line
 
 
 # Panels of the training-curve figure: title -> regex on metric names (first match wins).

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 from pathlib import Path
 from typing import Sequence
@@ -40,8 +39,9 @@ def read_predictions(eval_dir) -> tuple[dict, list[dict]]:
     pred = ej.with_name(metrics.get("predictions") or (ej.stem + ".predictions.jsonl"))
     rows = []
     if pred.is_file():
-        with open(pred, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        from umedfast.data.records import iter_jsonl
+
+        rows = [row for _, row in iter_jsonl(pred, "predictions JSONL")]  # malformed line: UserError file:line
     return metrics, rows
 
 
@@ -129,8 +129,11 @@ def build_report(out_dir, *, eval_dirs: Sequence = (), names: Sequence[str] = ()
     if benchmark_files:
         parts.append("<h2>External benchmarks</h2>")
         for bf in benchmark_files:
-            data = json.loads(Path(bf).read_text(encoding="utf-8"))
+            data = T.load_eval(bf)  # a missing or malformed file: one line naming it
             for bench, m in data.items():
+                if not isinstance(m, dict):
+                    raise T.EvalFileError(f"{bf}: expected {{benchmark: {{metric: value}}}} (written by "
+                                          f"umedfast-eval bench --out), got {bench!r}: {type(m).__name__}")
                 cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_cell(v))}</td></tr>"
                                 for k, v in m.items())
                 parts.append(f'<table class="results"><caption>{html.escape(bench)}</caption>{cells}</table>')

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from umedfast.errors import UserError
+
 PAPER_SOURCES = ("deeplesion", "kidneystone", "kvasir", "nih", "tbx11k")
 DISPLAY = {"deeplesion": "DeepLesion", "kidneystone": "KidneyStone", "kvasir": "KVASIR", "nih": "NIH",
            "tbx11k": "TBX11K"}
@@ -39,7 +41,7 @@ class Table:
         return {"title": self.title, "header": self.header, "rows": self.rows}
 
 
-class EvalFileError(ValueError):
+class EvalFileError(UserError):
     """An eval.json that cannot be read or parsed (the message names the file)."""
 
 
@@ -56,9 +58,16 @@ def load_eval(path) -> dict:
     elif not p.is_file():
         raise FileNotFoundError(f"{path}: no such eval.json or output directory")
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise EvalFileError(f"{p}: not UTF-8 text (expected an eval.json)") from None
+    except json.JSONDecodeError as e:
+        raise EvalFileError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except OSError as e:
         raise EvalFileError(f"cannot read eval results {p}: {e}") from None
+    if not isinstance(data, dict):
+        raise EvalFileError(f"{p}: expected a JSON object of metrics, got {type(data).__name__}")
+    return data
 
 
 def _column_order(keys: set[str]) -> list[str]:

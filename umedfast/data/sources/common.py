@@ -2,6 +2,7 @@
 confined to the dataset root, image headers, box checks."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -9,10 +10,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from umedfast.errors import UserError
+
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
-class SourceFormatError(ValueError):
+class SourceFormatError(UserError):
     """A dataset file does not match the expected layout; the message names file and line/entry."""
 
 
@@ -52,9 +55,10 @@ class _Entry:
         return self
 
     def __exit__(self, et, e, tb):
-        if e is None or not isinstance(e, (ValueError, KeyError, IndexError, TypeError, OSError)):
+        if e is None or not isinstance(e, (ValueError, KeyError, IndexError, TypeError, AttributeError, OSError)):
             return False
-        msg = str(e) if isinstance(e, SourceFormatError) and str(e).startswith(self.where) else f"{self.where}: {e}"
+        text = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+        msg = text if isinstance(e, SourceFormatError) and text.startswith(self.where) else f"{self.where}: {text}"
         self.col.bad(msg)  # raises unless skip_bad
         return True
 
@@ -110,13 +114,50 @@ class ImageIndex:
         raise SourceFormatError(f"image {stem}.* not found under {self.root}")
 
 
+@functools.lru_cache(maxsize=4096)
+def _decoded_size(path: str, mtime_ns: int, size: int) -> tuple[int, int]:
+    with Image.open(path) as im:
+        im.load()  # decode every pixel: a truncated or corrupt file fails here, not in the middle of training
+        return int(im.size[0]), int(im.size[1])
+
+
 def image_size(path: Path) -> tuple[int, int]:
-    """(W, H) from the image header; unreadable files raise SourceFormatError naming the file."""
+    """(W, H) of an image that decodes completely (the whole file is decoded, not only its header, so a truncated
+    download is caught at build time); unreadable files raise SourceFormatError naming the file."""
     try:
-        with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])
+        st = os.stat(path)
+        return _decoded_size(str(path), st.st_mtime_ns, st.st_size)
     except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
         raise SourceFormatError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+
+
+def read_text(path: Path, what: str = "file") -> str:
+    """The text of a UTF-8 file (a BOM is fine); other encodings raise SourceFormatError naming ``file:line``."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise SourceFormatError(f"{path}:{line}: {what} is not UTF-8 text (byte 0x{data[e.start]:02x} at column "
+                                f"{col}); save it as UTF-8") from None
+
+
+def csv_text(path: Path):
+    """A text stream over a UTF-8 CSV for ``csv.reader`` (non-UTF-8 bytes: SourceFormatError at ``file:line``)."""
+    import io
+
+    return io.StringIO(read_text(path, "CSV"), newline="")
+
+
+def need(entry, keys, what: str) -> dict:
+    """``entry`` as a dict holding ``keys``; else SourceFormatError saying what is wrong with it."""
+    if not isinstance(entry, dict):
+        raise SourceFormatError(f"{what} must be an object, got {type(entry).__name__} {str(entry)[:40]!r}")
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise SourceFormatError(f"{what} has no {', '.join(repr(k) for k in missing)}")
+    return entry
 
 
 def parse_floats(text: str, n: int, what: str) -> list[float]:
@@ -152,6 +193,8 @@ def require_file(path: Path, what: str) -> Path:
 def read_json(path: Path, error: type[ValueError] = SourceFormatError):
     """Parsed JSON of ``path``; a syntax error raises ``error`` naming the file and line (never a bare traceback)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(read_text(path, "JSON"))
+    except SourceFormatError as e:
+        raise error(str(e)) from None
     except json.JSONDecodeError as e:
         raise error(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None

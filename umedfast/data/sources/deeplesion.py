@@ -11,8 +11,8 @@ from pathlib import Path
 
 from umedfast.data.classes import DEEPLESION_TYPES
 from umedfast.data.records import Finding
-from umedfast.data.sources.common import (Collector, ImageIndex, SourceFormatError, check_box, image_size,
-                                          parse_floats, require_file)
+from umedfast.data.sources.common import (Collector, ImageIndex, SourceFormatError, check_box, csv_text,
+                                          image_size, parse_floats, require_file)
 
 REQUIRED = ("File_name", "Bounding_boxes", "Coarse_lesion_type", "DICOM_windows")
 SPLIT = {"1": "train", "2": "val", "3": "test"}
@@ -22,7 +22,7 @@ def load(root: Path, skip_bad: bool = False):
     csv_path = require_file(root / "DL_info.csv", "DeepLesion DL_info.csv")
     index = ImageIndex(root)
     col = Collector(skip_bad)
-    with open(csv_path, newline="", encoding="utf-8") as fh:
+    with csv_text(csv_path) as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
         if missing:

@@ -11,7 +11,8 @@ import yaml
 from umedfast.boxes import yolo_to_xyxy
 from umedfast.data.records import Finding
 from umedfast.data.sources.coco import load_coco
-from umedfast.data.sources.common import Collector, ImageIndex, SourceFormatError, check_box, image_size
+from umedfast.data.sources.common import (Collector, ImageIndex, SourceFormatError, check_box, image_size,
+                                          read_text)
 
 SPLITS = {"train": "train", "valid": "val", "val": "val", "test": "test"}
 SUPERCATEGORY_NAMES = {"kidney-stones", "kidney-stone", "kidney_stones", "stones"}
@@ -26,14 +27,22 @@ def _label(name: str) -> str:
 
 def _names(yaml_path: Path) -> list[str]:
     try:
-        cfg = yaml.safe_load(yaml_path.read_text(encoding="utf-8")) or {}
+        cfg = yaml.safe_load(read_text(yaml_path, "data.yaml")) or {}
     except yaml.YAMLError as e:
-        raise SourceFormatError(f"{yaml_path}: invalid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        at = f":{mark.line + 1}" if mark is not None else ""
+        raise SourceFormatError(f"{yaml_path}{at}: invalid YAML ({getattr(e, 'problem', None) or e})") from None
     names = cfg.get("names") if isinstance(cfg, dict) else None
-    if isinstance(names, dict):
-        names = [names[k] for k in sorted(names, key=int)]
+    if isinstance(names, dict):  # newer exports: {0: stone, 1: ...}; the keys must be the indices 0..n-1
+        keys = list(names)
+        if not all(isinstance(k, int) and not isinstance(k, bool) for k in keys) or sorted(keys) != list(range(len(keys))):
+            raise SourceFormatError(f"{yaml_path}: 'names' as a mapping needs the class indices 0..{len(keys) - 1} as "
+                                    f"keys, got {keys[:5]}")
+        names = [names[k] for k in range(len(keys))]
     if not isinstance(names, list) or not names:
-        raise SourceFormatError(f"{yaml_path}: missing 'names' (list of class names)")
+        raise SourceFormatError(f"{yaml_path}: missing 'names' (a list of class names, or {{0: name, ...}})")
+    if not all(isinstance(n, (str, int, float)) and not isinstance(n, bool) for n in names):
+        raise SourceFormatError(f"{yaml_path}: 'names' must hold class names, got {names[:5]}")
     return [str(n) for n in names]
 
 
@@ -54,7 +63,7 @@ def load(root: Path, skip_bad: bool = False):
                     size = image_size(img)
                     if not lab.is_file():
                         raise SourceFormatError(f"label file missing for image {img.name}")
-                    lines = lab.read_text(encoding="utf-8").splitlines()
+                    lines = read_text(lab, "label file").splitlines()
                     if not any(s.strip() for s in lines):
                         col.add(Finding("kidneystone", str(img), "CT", "normal", None, size, {"split": split}))
                     for ln, text in enumerate(lines, 1):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from umedfast.data.records import Finding
-from umedfast.data.sources.common import (Collector, ImageIndex, SourceFormatError, check_box, image_size,
+from umedfast.data.sources.common import (Collector, ImageIndex, SourceFormatError, check_box, image_size, need,
                                           read_json, require_file)
 
 
@@ -21,6 +21,7 @@ def load(root: Path, skip_bad: bool = False):
     col = Collector(skip_bad)
     for stem, entry in data.items():
         with col.entry(f"{path}: entry {stem!r}"):
+            need(entry, ("width", "height", "bbox"), "the entry")
             img = index.find_stem(stem)
             size = image_size(img)
             if (int(entry["width"]), int(entry["height"])) != size:
@@ -31,6 +32,7 @@ def load(root: Path, skip_bad: bool = False):
                 raise SourceFormatError("'bbox' must be a non-empty list")
             for j, b in enumerate(boxes):
                 with col.entry(f"{path}: entry {stem!r} bbox[{j}]"):
+                    need(b, ("xmin", "ymin", "xmax", "ymax"), "a bbox")
                     box = check_box((b["xmin"], b["ymin"], b["xmax"], b["ymax"]), size)
                     col.add(Finding("kvasir", str(img), "endoscopy", "polyp", box, size))
     return col.items

@@ -9,14 +9,15 @@ from pathlib import Path
 from umedfast.boxes import xywh_to_xyxy
 from umedfast.data.classes import NIH_LABELS
 from umedfast.data.records import Finding
-from umedfast.data.sources.common import Collector, ImageIndex, SourceFormatError, check_box, image_size, require_file
+from umedfast.data.sources.common import (Collector, ImageIndex, SourceFormatError, check_box, csv_text,
+                                          image_size, require_file)
 
 
 def load(root: Path, skip_bad: bool = False, normals: bool = False):
     csv_path = require_file(root / "BBox_List_2017.csv", "NIH BBox_List_2017.csv")
     index = ImageIndex(root)
     col = Collector(skip_bad)
-    with open(csv_path, newline="", encoding="utf-8") as fh:
+    with csv_text(csv_path) as fh:
         rows = csv.reader(fh)
         header = next(rows, [])
         if len(header) < 3 or header[0].strip() != "Image Index" or header[1].strip() != "Finding Label" \
@@ -43,13 +44,13 @@ def load(root: Path, skip_bad: bool = False, normals: bool = False):
     if normals:
         boxed = {Path(f.image_path).name for f in col.items}
         for entry in sorted(root.glob("Data_Entry_2017*.csv")):
-            with open(entry, newline="", encoding="utf-8") as fh:
+            with csv_text(entry) as fh:
                 reader = csv.DictReader(fh)
                 if "Image Index" not in (reader.fieldnames or []) or "Finding Labels" not in reader.fieldnames:
                     raise SourceFormatError(f"{entry}:1: missing column 'Image Index' or 'Finding Labels'")
                 for line, row in enumerate(reader, 2):
-                    name = row["Image Index"].strip()
-                    if row["Finding Labels"].strip() != "No Finding" or name in boxed or name not in index.by_name:
+                    name = (row["Image Index"] or "").strip()
+                    if (row["Finding Labels"] or "").strip() != "No Finding" or name in boxed or name not in index.by_name:
                         continue
                     with col.entry(f"{entry}:{line}"):
                         path = index.find(name)
