@@ -58,19 +58,12 @@ def _check_inputs(cfg) -> None:
     cannot load (missing, pickle-only, truncated, LoRA adapter without safetensors), a missing data file, and an
     output directory that cannot be created."""
     from umedfast.errors import MissingPathError, UserError
-    from umedfast.model.loading import TINY_NAMES, check_model_dir
+    from umedfast.model_files import check_model_dir, looks_like_path  # no torch import: refusals come fast
 
-    if cfg.model.name not in TINY_NAMES:
+    if looks_like_path(cfg.model.name):
         check_model_dir(cfg.model.name, "model.name")
-    if cfg.stage in ("ppo", "all") and cfg.ppo.init_from and cfg.ppo.init_from not in TINY_NAMES:
+    if cfg.stage in ("ppo", "all") and cfg.ppo.init_from and looks_like_path(cfg.ppo.init_from):
         check_model_dir(cfg.ppo.init_from, "ppo.init_from")
-    if cfg.stage == "ppo" and not cfg.ppo.init_from and cfg.model.name in TINY_NAMES \
-            and not (Path(cfg.output_dir) / "sft" / "final").is_dir():
-        import logging
-
-        logging.getLogger("umedfast.cli").warning(
-            "--stage ppo: no %s/sft/final and no ppo.init_from: PPO starts from the untrained %s",
-            cfg.output_dir, cfg.model.name)
     if cfg.data.path and not Path(cfg.data.path).is_file():
         raise MissingPathError(f"data.path {cfg.data.path!r} does not exist" if not Path(cfg.data.path).exists()
                                else f"data.path {cfg.data.path!r} is not a file (give the MAU JSONL)")
@@ -93,6 +86,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = resolve_paths(resolve(args))  # every relative path: against the working directory, once, here
+        _check_inputs(cfg)
     except UserError as e:
         print(f"umedfast-train: {e}", file=sys.stderr)
         return 2
@@ -109,7 +103,6 @@ def train_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stage_now = cfg.stage
     try:
-        _check_inputs(cfg)
         from umedfast.train.common import resolve_device, setup_threads
         from umedfast.train.distributed import cleanup, init_distributed
 

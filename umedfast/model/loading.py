@@ -99,92 +99,8 @@ def _build_tiny(family: str, sizes: TinySizes, seed: int):
     return model, proc
 
 
-PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "adapter_model.bin")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
-
-
-def check_safetensors(path: str | Path) -> None:
-    """Refuse a ``.safetensors`` file that is truncated or not safetensors, without loading it.
-
-    The format is an 8-byte little-endian header length, a JSON header with every tensor's ``data_offsets``,
-    then the data: the file must be exactly ``8 + header + max(end offset)`` bytes long."""
-    import struct
-
-    path = Path(path)
-    size = path.stat().st_size
-    problem = None
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                problem = f"only {size} bytes"
-            else:
-                (n,) = struct.unpack("<Q", head)
-                if n > size - 8:
-                    problem = f"header of {n} bytes in a {size}-byte file"
-                else:
-                    header = json.loads(f.read(n))
-                    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-                              default=0)
-                    if 8 + n + end != size:
-                        problem = f"{size} bytes, the header describes {8 + n + end}"
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-        problem = f"unreadable header ({type(e).__name__})"
-    if problem:
-        from umedfast.errors import UserError  # noqa: PLC0415
-
-        raise UserError(f"{path} is truncated or not a safetensors file ({problem}); copy or save it again")
-
-
-def check_model_dir(path: str | Path, what: str = "model") -> Path:
-    """Refuse, with one clear line (``UserError``), a model directory umedfast cannot load safely, before any
-    weights are read: missing, no ``config.json``, pickle-only weights (``pytorch_model.bin``: umedfast never
-    unpickles), shards named by the index but absent, truncated safetensors, no tokenizer, or a LoRA ``adapter/``
-    without ``adapter_model.safetensors`` (never handed to peft, which would unpickle ``adapter_model.bin``)."""
-    from umedfast.errors import MissingPathError, UserError  # noqa: PLC0415
-
-    d = Path(path)
-    if not d.exists():
-        raise MissingPathError(f"{what} {str(path)!r} does not exist (a local save_pretrained directory, or one of "
-                        f"{sorted(TINY_NAMES)}; umedfast never downloads from a hub)")
-    if not d.is_dir():
-        raise UserError(f"{what} {str(path)!r} is not a directory (give the save_pretrained folder, not a file)")
-    if not (d / "config.json").is_file():
-        raise MissingPathError(f"{what} {d} has no config.json: not a save_pretrained model directory")
-    shards = sorted(d.glob("*.safetensors"))
-    index = d / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise UserError(f"{index} is not a valid safetensors index (no weight_map)") from None
-        absent = [n for n in names if not (d / n).is_file()]
-        if absent:
-            raise MissingPathError(f"{what} {d} is missing weight shard(s) {absent[:3]} named by {index.name}")
-        shards = [d / n for n in names]
-    weights = [p for p in shards if p.name != "value_head.safetensors"]
-    if not weights:
-        pickles = [n for n in PICKLE_WEIGHTS if (d / n).is_file()] + [p.name for p in d.glob("pytorch_model-*.bin")]
-        if pickles:
-            raise UserError(f"{what} {d} holds only pickle weights ({pickles[0]}); umedfast loads safetensors only "
-                            "(a pickle can run code): re-save it with save_pretrained(..., safe_serialization=True)")
-        raise MissingPathError(f"{what} {d} has no model*.safetensors weights")
-    for p in shards + ([d / "value_head.safetensors"] if (d / "value_head.safetensors").is_file() else []):
-        check_safetensors(p)
-    if not any((d / n).is_file() for n in TOKENIZER_FILES):
-        raise MissingPathError(f"{what} {d} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}): save the processor "
-                        "or tokenizer into the same directory")
-    adapter = d / ADAPTER_DIR
-    if adapter.is_dir():
-        if not (adapter / "adapter_config.json").is_file():
-            raise UserError(f"LoRA adapter folder {adapter} has no adapter_config.json")
-        st = adapter / "adapter_model.safetensors"
-        if not st.is_file():
-            found = "adapter_model.bin (a pickle)" if (adapter / "adapter_model.bin").is_file() else "no weights"
-            raise UserError(f"LoRA adapter {adapter} has {found} but no adapter_model.safetensors; umedfast loads "
-                            "safetensors only: re-save the adapter with save_pretrained(..., safe_serialization=True)")
-        check_safetensors(st)
-    return d
+from umedfast.model_files import (PICKLE_WEIGHTS, TOKENIZER_FILES, check_model_dir,  # noqa: E402,F401
+                                  check_safetensors)
 
 
 def load_vlm(name_or_path: str = "tiny-llava", *, dtype: torch.dtype | None = None, device: str = "cpu",
@@ -200,7 +116,7 @@ def load_vlm(name_or_path: str = "tiny-llava", *, dtype: torch.dtype | None = No
         model, proc = _build_tiny(arch, tiny or TinySizes(), seed)
         model.set_attn_implementation(attn_implementation)
     else:
-        path = check_model_dir(name_or_path)
+        path = check_model_dir(name_or_path, builtin=sorted(TINY_NAMES))
         from transformers import AutoConfig  # noqa: PLC0415
 
         from umedfast.model.processors import load_processor  # noqa: PLC0415
