@@ -29,7 +29,8 @@ import warnings
 
 import torch
 
-__all__ = ["has_compiled_ops", "build_info", "box_iou", "box_iou_pairwise", "generalized_box_iou"]
+__all__ = ["has_compiled_ops", "build_info", "cpu_kernel_variant", "cpu_kernel_variants", "box_iou", "box_iou_pairwise",
+           "generalized_box_iou"]
 
 _C = None
 _C_MISSING_REASON: str | None = None
@@ -65,6 +66,25 @@ def build_info() -> dict:
     if _C is None:
         info["reason"] = _C_MISSING_REASON
     return info
+
+
+def cpu_kernel_variant(force: str | None = None) -> str:
+    """SIMD variant the compiled CPU box ops run: ``'avx512'``, ``'avx2'`` or ``'baseline'`` (x86-64 SSE2) on x86-64,
+    ``'neon'`` / ``'generic'`` elsewhere, ``'fallback'`` without ``_C``. ``force`` switches to a variant listed by
+    :func:`cpu_kernel_variants` (``'auto'`` = the best this CPU has; ``RuntimeError`` for one it cannot run).
+    The env var ``UMEDFAST_CPU_ISA`` sets the starting variant (capped at what the CPU supports)."""
+    if _C is None or not hasattr(torch.ops.umedfast, "cpu_kernel_isa"):
+        if force not in (None, "auto", "fallback"):
+            raise RuntimeError(f"umedfast.cpu_kernel_variant: no compiled CPU kernels to switch to {force!r}")
+        return "fallback"
+    return torch.ops.umedfast.cpu_kernel_isa(force or "")
+
+
+def cpu_kernel_variants() -> list[str]:
+    """Variants :func:`cpu_kernel_variant` can switch to on this CPU, worst to best (``[]`` without ``_C``)."""
+    if _C is None or not hasattr(torch.ops.umedfast, "cpu_kernel_isas"):
+        return []
+    return list(torch.ops.umedfast.cpu_kernel_isas())
 
 
 # --------------------------------------------------------------------------------------------------- input checks

@@ -1,113 +1,168 @@
-// CPU implementation of the box-overlap ops: at::parallel_for over boxes, each thread converts a block of boxes to
-// structure-of-arrays in its stack and runs a branch-free loop the compiler vectorizes (AVX-512 / AVX2 / SSE2
-// clones picked by CPU features at load time on x86-64 GCC, so one binary runs everywhere).
+// CPU implementation of the box-overlap ops: at::parallel_for over boxes; each task runs one branch-free loop
+// (csrc/cpu/box_iou_cpu_kernels.h) that GCC vectorizes. On x86-64 the loops are compiled three times, for AVX-512
+// (F/VL/BW/DQ + FMA), AVX2 + FMA + F16C, and the x86-64 baseline (SSE2), and the best one the CPU supports is picked
+// at run time, so one binary runs everywhere at the speed of its CPU. Elsewhere (aarch64: NEON is baseline) the
+// loops are compiled once.
+//
+// Which variant runs is visible and can be forced (tests run every variant the CPU has):
+//   - env UMEDFAST_CPU_ISA=avx512|avx2|baseline, read at the first call (capped at what the CPU supports);
+//   - the op umedfast::cpu_kernel_isa(str force="") -> str (registered below, wrapped by
+//     umedfast.ops.cpu_kernel_variant): returns the active variant, after switching to `force` when given ("auto" =
+//     the best the CPU supports); umedfast::cpu_kernel_isas() -> str[] lists the variants this CPU can run.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "box_iou_checks.h"
 #include "box_iou_math.h"
+#include "cpu/box_iou_cpu_kernels.h"
 #include "ops.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define UMEDFAST_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define UMEDFAST_X86_VARIANTS 1
+#define UMEDFAST_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define UMEDFAST_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")))
 #else
-#define UMEDFAST_CPU_CLONES
+#define UMEDFAST_X86_VARIANTS 0
 #endif
 
 namespace umedfast {
 namespace {
 
-constexpr int64_t kBlock = 256;  // boxes per SoA block: 8 arrays x 256 x 4 B = 8 KiB, stays in L1
+// Variants in increasing order of preference.
+enum Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
-template <class T, class Acc>
-UMEDFAST_HD void load_soa(const T* box, int64_t n, Acc* x1, Acc* y1, Acc* x2, Acc* y2) {
-  for (int64_t i = 0; i < n; ++i) {
-    x1[i] = static_cast<Acc>(box[4 * i + 0]);
-    y1[i] = static_cast<Acc>(box[4 * i + 1]);
-    x2[i] = static_cast<Acc>(box[4 * i + 2]);
-    y2[i] = static_cast<Acc>(box[4 * i + 3]);
-  }
+const char* isa_name(int isa) {
+#if UMEDFAST_X86_VARIANTS
+  static const char* const names[] = {"baseline", "avx2", "avx512"};
+  return names[isa];
+#elif defined(__aarch64__)
+  return "neon";
+#else
+  return "generic";
+#endif
 }
 
-// out[i] = overlap(a[i], b[i]) for i in [0, n).
+int best_isa() {
+#if UMEDFAST_X86_VARIANTS
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+  return avx512 ? kAvx512 : (avx2 ? kAvx2 : kBaseline);
+#else
+  return kBaseline;
+#endif
+}
+
+// -1 = unknown name.
+int parse_isa(const std::string& s) {
+  const int n = UMEDFAST_X86_VARIANTS ? 3 : 1;
+  for (int i = 0; i < n; ++i) {
+    if (s == isa_name(i)) return i;
+  }
+  if (s == "default" || s == "sse2") return kBaseline;
+  return -1;
+}
+
+std::atomic<int> g_isa{-1};
+
+int active_isa() {
+  int isa = g_isa.load(std::memory_order_relaxed);
+  if (isa >= 0) return isa;
+  isa = best_isa();
+  if (const char* env = std::getenv("UMEDFAST_CPU_ISA")) {
+    const int want = parse_isa(env);
+    if (want >= 0) isa = std::min(isa, want);  // never more than the CPU has; unknown names are ignored
+  }
+  g_isa.store(isa, std::memory_order_relaxed);
+  return isa;
+}
+
+// One copy of the loops per instruction set. The loops are always_inline templates without a target attribute, so
+// each wrapper below compiles them with its own target's instructions. Separate namespaces (not overloads) keep GCC
+// from treating same-named functions with different targets as C++ function multiversions.
+#define UMEDFAST_VARIANT_WRAPPERS(NS, TARGET)                                                                     \
+  namespace NS {                                                                                                \
+  template <Overlap kOp, class T, class Acc>                                                                     \
+  TARGET void paired(const T* a, const T* b, float* out, int64_t n) {                                           \
+    cpu::paired_range<kOp, T, Acc>(a, b, out, n);                                                               \
+  }                                                                                                             \
+  template <class T, class Acc>                                                                                 \
+  TARGET void to_soa(const T* b, int64_t m, Acc* soa, bool* plain) {                                            \
+    *plain = cpu::to_soa<T, Acc>(b, m, soa);                                                                    \
+  }                                                                                                             \
+  template <class T, class Acc>                                                                                 \
+  TARGET void pairwise(const T* a, const Acc* bsoa, bool b_plain, float* out, int64_t rows, int64_t m) {        \
+    cpu::pairwise_rows<T, Acc>(a, bsoa, b_plain, out, rows, m);                                                 \
+  }                                                                                                             \
+  }
+
+UMEDFAST_VARIANT_WRAPPERS(baseline, )
+#if UMEDFAST_X86_VARIANTS
+UMEDFAST_VARIANT_WRAPPERS(avx2, UMEDFAST_TARGET_AVX2)
+UMEDFAST_VARIANT_WRAPPERS(avx512, UMEDFAST_TARGET_AVX512)
+#endif
+#undef UMEDFAST_VARIANT_WRAPPERS
+
+// Run the loop of the given variant (on non-x86 builds only `baseline` exists).
+#if UMEDFAST_X86_VARIANTS
+#define UMEDFAST_SWITCH_VARIANT(isa, CALL) \
+  switch (isa) {                           \
+    case kAvx512: {                        \
+      using namespace avx512;              \
+      CALL;                                \
+      break;                               \
+    }                                      \
+    case kAvx2: {                          \
+      using namespace avx2;                \
+      CALL;                                \
+      break;                               \
+    }                                      \
+    default: {                             \
+      using namespace baseline;            \
+      CALL;                                \
+    }                                      \
+  }
+#else
+#define UMEDFAST_SWITCH_VARIANT(isa, CALL) \
+  {                                        \
+    using namespace baseline;              \
+    CALL;                                  \
+  }
+#endif
+
 template <Overlap kOp, class T, class Acc>
-UMEDFAST_HD void paired_range(const T* a, const T* b, float* out, int64_t n) {
-  alignas(64) Acc s[8][kBlock];
-  for (int64_t start = 0; start < n; start += kBlock) {
-    const int64_t len = std::min(kBlock, n - start);
-    load_soa(a + 4 * start, len, s[0], s[1], s[2], s[3]);
-    load_soa(b + 4 * start, len, s[4], s[5], s[6], s[7]);
-    float* o = out + start;
-    for (int64_t i = 0; i < len; ++i) {
-      o[i] = static_cast<float>(
-          box_overlap<kOp, Acc>(s[0][i], s[1][i], s[2][i], s[3][i], s[4][i], s[5][i], s[6][i], s[7][i]));
-    }
-  }
+void paired_variant(int isa, const T* a, const T* b, float* out, int64_t n) {
+  UMEDFAST_SWITCH_VARIANT(isa, (paired<kOp, T, Acc>(a, b, out, n)))
 }
-
-// out[i, j] = IoU(a[i], b[j]) for rows i in [0, rows); b is already SoA (bsoa = x1[M], y1[M], x2[M], y2[M]).
 template <class T, class Acc>
-UMEDFAST_HD void pairwise_rows(const T* a, const Acc* bsoa, float* out, int64_t rows, int64_t m) {
-  const Acc *bx1 = bsoa, *by1 = bsoa + m, *bx2 = bsoa + 2 * m, *by2 = bsoa + 3 * m;
-  for (int64_t i = 0; i < rows; ++i) {
-    const Acc ax1 = static_cast<Acc>(a[4 * i + 0]), ay1 = static_cast<Acc>(a[4 * i + 1]);
-    const Acc ax2 = static_cast<Acc>(a[4 * i + 2]), ay2 = static_cast<Acc>(a[4 * i + 3]);
-    float* o = out + i * m;
-    for (int64_t j = 0; j < m; ++j) {
-      o[j] = static_cast<float>(box_overlap<Overlap::kIoU, Acc>(ax1, ay1, ax2, ay2, bx1[j], by1[j], bx2[j], by2[j]));
-    }
-  }
+bool to_soa_variant(int isa, const T* b, int64_t m, Acc* soa) {
+  bool plain = false;
+  UMEDFAST_SWITCH_VARIANT(isa, (to_soa<T, Acc>(b, m, soa, &plain)))
+  return plain;
 }
+template <class T, class Acc>
+void pairwise_variant(int isa, const T* a, const Acc* bsoa, bool b_plain, float* out, int64_t rows, int64_t m) {
+  UMEDFAST_SWITCH_VARIANT(isa, (pairwise<T, Acc>(a, bsoa, b_plain, out, rows, m)))
+}
+#undef UMEDFAST_SWITCH_VARIANT
 
-// Non-template entry points, one per dtype, so GCC can clone them per instruction set.
-#define UMEDFAST_DEFINE_CPU_ENTRIES(T, Acc, SUFFIX)                                                             \
-  UMEDFAST_CPU_CLONES void paired_##SUFFIX(const T* a, const T* b, float* out, int64_t n, bool giou) {        \
-    if (giou) {                                                                                              \
-      paired_range<Overlap::kGIoU, T, Acc>(a, b, out, n);                                                    \
-    } else {                                                                                                 \
-      paired_range<Overlap::kIoU, T, Acc>(a, b, out, n);                                                     \
-    }                                                                                                        \
-  }                                                                                                          \
-  UMEDFAST_CPU_CLONES void to_soa_##SUFFIX(const T* b, int64_t m, Acc* soa) {                                \
-    load_soa<T, Acc>(b, m, soa, soa + m, soa + 2 * m, soa + 3 * m);                                          \
-  }                                                                                                          \
-  UMEDFAST_CPU_CLONES void pairwise_##SUFFIX(const T* a, const Acc* bsoa, float* out, int64_t rows, int64_t m) { \
-    pairwise_rows<T, Acc>(a, bsoa, out, rows, m);                                                            \
-  }
+// Work per parallel task: ~32k boxes (paired) or pairs (pairwise), i.e. ~10-50 us, far above the cost of a task,
+// small enough that 1e6 boxes split over every thread.
+constexpr int64_t kGrain = 32768;
 
-UMEDFAST_DEFINE_CPU_ENTRIES(float, float, f32)
-UMEDFAST_DEFINE_CPU_ENTRIES(double, double, f64)
-UMEDFAST_DEFINE_CPU_ENTRIES(c10::Half, float, f16)
-UMEDFAST_DEFINE_CPU_ENTRIES(c10::BFloat16, float, bf16)
-#undef UMEDFAST_DEFINE_CPU_ENTRIES
-
-inline void paired_entry(const float* a, const float* b, float* o, int64_t n, bool g) { paired_f32(a, b, o, n, g); }
-inline void paired_entry(const double* a, const double* b, float* o, int64_t n, bool g) { paired_f64(a, b, o, n, g); }
-inline void paired_entry(const c10::Half* a, const c10::Half* b, float* o, int64_t n, bool g) {
-  paired_f16(a, b, o, n, g);
-}
-inline void paired_entry(const c10::BFloat16* a, const c10::BFloat16* b, float* o, int64_t n, bool g) {
-  paired_bf16(a, b, o, n, g);
-}
-inline void to_soa_entry(const float* b, int64_t m, float* s) { to_soa_f32(b, m, s); }
-inline void to_soa_entry(const double* b, int64_t m, double* s) { to_soa_f64(b, m, s); }
-inline void to_soa_entry(const c10::Half* b, int64_t m, float* s) { to_soa_f16(b, m, s); }
-inline void to_soa_entry(const c10::BFloat16* b, int64_t m, float* s) { to_soa_bf16(b, m, s); }
-inline void pairwise_entry(const float* a, const float* s, float* o, int64_t r, int64_t m) { pairwise_f32(a, s, o, r, m); }
-inline void pairwise_entry(const double* a, const double* s, float* o, int64_t r, int64_t m) {
-  pairwise_f64(a, s, o, r, m);
-}
-inline void pairwise_entry(const c10::Half* a, const float* s, float* o, int64_t r, int64_t m) {
-  pairwise_f16(a, s, o, r, m);
-}
-inline void pairwise_entry(const c10::BFloat16* a, const float* s, float* o, int64_t r, int64_t m) {
-  pairwise_bf16(a, s, o, r, m);
-}
+template <class T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 at::Tensor paired_cpu(const char* op, const at::Tensor& a_in, const at::Tensor& b_in, bool giou) {
   check_box_pair(op, a_in, b_in, /*paired=*/true);
@@ -116,14 +171,42 @@ at::Tensor paired_cpu(const char* op, const at::Tensor& a_in, const at::Tensor& 
   const int64_t n = a.size(0);
   at::Tensor out = at::empty({n}, a.options().dtype(at::kFloat));
   if (n == 0) return out;
+  const int isa = active_isa();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "umedfast_box_iou_cpu", [&] {
     const scalar_t* pa = a.const_data_ptr<scalar_t>();
     const scalar_t* pb = b.const_data_ptr<scalar_t>();
     float* po = out.mutable_data_ptr<float>();
-    at::parallel_for(0, n, /*grain_size=*/32768, [&](int64_t begin, int64_t end) {
-      paired_entry(pa + 4 * begin, pb + 4 * begin, po + begin, end - begin, giou);
+    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+      if (giou) {
+        paired_variant<Overlap::kGIoU, scalar_t, acc_t<scalar_t>>(isa, pa + 4 * begin, pb + 4 * begin, po + begin,
+                                                                   end - begin);
+      } else {
+        paired_variant<Overlap::kIoU, scalar_t, acc_t<scalar_t>>(isa, pa + 4 * begin, pb + 4 * begin, po + begin,
+                                                                  end - begin);
+      }
     });
   });
+  return out;
+}
+
+std::string cpu_kernel_isa(const std::string& force) {
+  if (!force.empty()) {
+    if (force == "auto") {
+      g_isa.store(best_isa(), std::memory_order_relaxed);
+    } else {
+      const int want = parse_isa(force);
+      TORCH_CHECK(want >= 0, "umedfast.cpu_kernel_isa: unknown variant '", force, "'");
+      TORCH_CHECK(want <= best_isa(), "umedfast.cpu_kernel_isa: this CPU cannot run the '", force,
+                  "' variant (best: ", isa_name(best_isa()), ")");
+      g_isa.store(want, std::memory_order_relaxed);
+    }
+  }
+  return isa_name(active_isa());
+}
+
+std::vector<std::string> cpu_kernel_isas() {
+  std::vector<std::string> out;
+  for (int i = 0; i <= best_isa(); ++i) out.emplace_back(isa_name(i));
   return out;
 }
 
@@ -142,18 +225,30 @@ at::Tensor box_iou_pairwise_cpu(const at::Tensor& a_in, const at::Tensor& b_in) 
   const int64_t n = a.size(0), m = b.size(0);
   at::Tensor out = at::empty({n, m}, a.options().dtype(at::kFloat));
   if (n == 0 || m == 0) return out;
+  const int isa = active_isa();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "umedfast_box_iou_pairwise_cpu", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    std::vector<acc_t> bsoa(static_cast<size_t>(4 * m));  // b once as x1[M], y1[M], x2[M], y2[M]
-    to_soa_entry(b.const_data_ptr<scalar_t>(), m, bsoa.data());
+    using acc = acc_t<scalar_t>;
+    std::vector<acc> bsoa(static_cast<size_t>(4 * m));  // b once as x1[M], y1[M], x2[M], y2[M]
+    // b once as SoA, and whether all of it is plain-safe (then rows of plain-safe a boxes skip the rescaling)
+    const bool b_plain = to_soa_variant<scalar_t, acc>(isa, b.const_data_ptr<scalar_t>(), m, bsoa.data());
     const scalar_t* pa = a.const_data_ptr<scalar_t>();
     float* po = out.mutable_data_ptr<float>();
-    const int64_t grain = std::max<int64_t>(1, 32768 / m);  // rows per task: ~32k pairs
+    const int64_t grain = std::max<int64_t>(1, kGrain / m);  // rows per task: ~32k pairs
     at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
-      pairwise_entry(pa + 4 * begin, bsoa.data(), po + begin * m, end - begin, m);
+      pairwise_variant<scalar_t, acc>(isa, pa + 4 * begin, bsoa.data(), b_plain, po + begin * m, end - begin, m);
     });
   });
   return out;
 }
 
 }  // namespace umedfast
+
+// Build facts of the CPU kernels, as ops (this file's own fragment of the `umedfast` library, so the pybind11
+// module in torch_bindings.cpp stays as it is). Not tensor ops: no fake/meta registration is needed.
+TORCH_LIBRARY_FRAGMENT(umedfast, m) {
+  // The SIMD variant the CPU box ops run now ('avx512', 'avx2', 'baseline' on x86-64; 'neon' / 'generic' elsewhere);
+  // force = a variant name switches to it (error if the CPU lacks it), "auto" = the best this CPU has.
+  m.def("cpu_kernel_isa(str force=\"\") -> str", &umedfast::cpu_kernel_isa);
+  // Variants this CPU can run, worst to best.
+  m.def("cpu_kernel_isas() -> str[]", &umedfast::cpu_kernel_isas);
+}
