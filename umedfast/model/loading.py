@@ -15,7 +15,11 @@ import torch
 
 from umedfast.model.tiny import TinySizes
 
-TINY_NAMES = {"tiny-llava": "llava", "tiny-qwen2-vl": "qwen2_vl", "tiny-qwen2.5-vl": "qwen2_5_vl"}
+# Built-in model names (no directory): the tiny random-init defaults and the presets with real pretrained parts.
+TINY_NAMES = {"tiny-llava": "llava", "tiny-qwen2-vl": "qwen2_vl", "tiny-qwen2.5-vl": "qwen2_5_vl",
+              "smollm2-llava": "llava", "smollm2-llava-frozen-lm": "llava"}
+# preset name -> module whose build(name, sizes, seed) returns (model, processor); see docs/models.md
+PRESETS = {"smollm2-llava": "umedfast.model.smollm2", "smollm2-llava-frozen-lm": "umedfast.model.smollm2"}
 ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl")
 ADAPTER_DIR = "adapter"  # LoRA adapters of a checkpoint live in <checkpoint>/adapter (peft layout)
 # Attention / MLP projections of the language model only (the vision tower of the real models stays frozen).
@@ -111,7 +115,18 @@ def load_vlm(name_or_path: str = "tiny-llava", *, dtype: torch.dtype | None = No
     Never contacts a hub: a name that is neither a sentinel nor an existing directory is an error.
     """
     dtype = dtype or default_dtype(device)
-    if name_or_path in TINY_NAMES:
+    if name_or_path in PRESETS:
+        import importlib  # noqa: PLC0415
+
+        arch = TINY_NAMES[name_or_path]
+        model, proc = importlib.import_module(PRESETS[name_or_path]).build(name_or_path, tiny, seed)
+        model.set_attn_implementation(attn_implementation)
+        if lora is not None and not lora.modules_to_save:  # fresh vision parts train fully beside the adapters
+            from dataclasses import replace  # noqa: PLC0415
+
+            lora = replace(lora, modules_to_save=tuple(getattr(importlib.import_module(PRESETS[name_or_path]),
+                                                               "PRESET_MODULES_TO_SAVE", ())))
+    elif name_or_path in TINY_NAMES:
         arch = TINY_NAMES[name_or_path]
         model, proc = _build_tiny(arch, tiny or TinySizes(), seed)
         model.set_attn_implementation(attn_implementation)
