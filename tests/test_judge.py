@@ -197,3 +197,16 @@ def test_openai_judge_json_mode_sends_response_format(server):
     j = OpenAIJudge(base_url=server.url, model="judge", json_mode=True)
     assert j.score([JudgeItem("json", "a nodule")]) == [0.9]
     assert server.formats == [{"type": "json_object"}]
+
+
+def test_agreement_between_judges():
+    from umedfast.rewards.judge import agreement
+
+    a = [0.0, 0.3, 0.6, 1.0, None, float("nan")]
+    b = [0.1, 0.2, 0.9, 0.8, 0.5, 0.5]
+    r = agreement(a, b)
+    assert r["n"] == 4 and r["pass_agreement"] == 1.0
+    assert r["spearman"] == pytest.approx(0.8) and 0.8 < r["pearson"] < 1.0
+    assert r["mean_abs_diff"] == pytest.approx((0.1 + 0.1 + 0.3 + 0.2) / 4)
+    assert agreement([0.5, 0.5], [0.1, 0.9])["spearman"] is None  # a constant judge has no rank correlation
+    assert agreement([], [])["n"] == 0

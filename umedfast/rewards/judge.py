@@ -21,12 +21,13 @@ import logging
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JudgeItem", "RubricJudge", "OpenAIJudge", "make_judge", "parse_score"]
+__all__ = ["JudgeItem", "RubricJudge", "OpenAIJudge", "agreement", "make_judge", "parse_score"]
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ class OpenAIJudge:
 
     def __post_init__(self) -> None:
         self._cache: dict[str, float] = {}
+        self.latencies: list[float] = []  # seconds of every request that returned (failed replies included)
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIJudge(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
@@ -191,11 +193,13 @@ class OpenAIJudge:
                                       query=it.query, response=it.response)
         extra = {"response_format": {"type": "json_object"}} if self.json_mode else {}
         async with sem:
+            t0 = time.perf_counter()
             try:
                 resp = await client.chat.completions.create(
                     model=self.model, messages=[{"role": "user", "content": prompt}],
                     temperature=self.temperature, max_tokens=self.max_tokens, **extra)
                 reply = resp.choices[0].message.content if resp.choices else None
+                self.latencies.append(time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - any judge failure is neutral, never fatal
                 log.warning("judge request failed (%s); using neutral score", type(e).__name__)
                 self.stats["request_errors"] += 1
@@ -246,6 +250,44 @@ class OpenAIJudge:
         t = threading.Thread(target=lambda: box.append(asyncio.run(self.ascore(items))))
         t.start(); t.join()
         return box[0]
+
+
+def agreement(a: Sequence[float | None], b: Sequence[float | None], *, threshold: float = 0.5) -> dict:
+    """How well two judges agree on the same items (None/NaN = a failed score, left out of the pairs).
+
+    Returns n (pairs scored by both), pass_agreement (both >= threshold or both below), pearson, spearman (rank
+    correlation, ties averaged; None when either side is constant) and mean_abs_diff."""
+    import math
+
+    pairs = [(float(x), float(y)) for x, y in zip(a, b)
+             if x is not None and y is not None and not math.isnan(float(x)) and not math.isnan(float(y))]
+    n = len(pairs)
+    if not n:
+        return {"n": 0, "pass_agreement": None, "pearson": None, "spearman": None, "mean_abs_diff": None}
+
+    def pearson(xs, ys):
+        mx, my = sum(xs) / n, sum(ys) / n
+        sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+        sx, sy = math.sqrt(sum((x - mx) ** 2 for x in xs)), math.sqrt(sum((y - my) ** 2 for y in ys))
+        return sxy / (sx * sy) if sx > 0 and sy > 0 else None
+
+    def ranks(xs):
+        order = sorted(range(n), key=lambda i: xs[i])
+        r = [0.0] * n
+        i = 0
+        while i < n:
+            j = i
+            while j + 1 < n and xs[order[j + 1]] == xs[order[i]]:
+                j += 1
+            for t in range(i, j + 1):
+                r[order[t]] = (i + j) / 2.0
+            i = j + 1
+        return r
+
+    xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+    return {"n": n, "pass_agreement": sum((x >= threshold) == (y >= threshold) for x, y in pairs) / n,
+            "pearson": pearson(xs, ys), "spearman": pearson(ranks(xs), ranks(ys)),
+            "mean_abs_diff": sum(abs(x - y) for x, y in pairs) / n}
 
 
 def make_judge(kind: str = "rubric", **kw):
