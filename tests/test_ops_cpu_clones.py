@@ -219,3 +219,33 @@ def test_built_extension_has_packed_divisions_in_every_x86_variant():
     assert re.search(r"\sdivps\s+%xmm", dis), "baseline variant: no packed division"
     assert re.search(r"\svdivps\s+%ymm\d+,%ymm", dis), "AVX2 variant: no 256-bit packed division"
     assert re.search(r"\svdivps\s+%zmm\d+,%zmm", dis), "AVX-512 variant: no 512-bit packed division"
+
+
+# --------------------------------------------------------------------------------------- aarch64 (NEON) build
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("qemu-aarch64") is None,
+                    reason="needs apt packages g++-aarch64-linux-gnu and qemu-user")
+def test_aarch64_neon_loops_vectorize_and_match_reference(tmp_path):
+    """The same loops cross-compiled for aarch64 (NEON is baseline there): vector divisions in the binary, and the
+    results match the float64 reference under qemu-aarch64."""
+    exe = tmp_path / "check_arm"
+    out = subprocess.run(["aarch64-linux-gnu-g++", "-std=c++17", "-O3", "-static", f"-I{ROOT / 'csrc'}",
+                          str(ROOT / "tests" / "cpu_kernels_check.cpp"), "-o", str(exe)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(exe)], capture_output=True,
+                         text=True, timeout=120).stdout
+    assert re.search(r"\sfdiv\s+v\d+\.4s", dis), "no NEON float division: the float loops stayed scalar"
+    assert re.search(r"\sfdiv\s+v\d+\.2d", dis), "no NEON double division: the double loops stayed scalar"
+    run = subprocess.run(["qemu-aarch64", str(exe)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_standalone_kernel_check_native(tmp_path):
+    """The same standalone check compiled for this machine (baseline ISA)."""
+    exe = tmp_path / "check"
+    out = subprocess.run(["g++", "-std=c++17", "-O3", f"-I{ROOT / 'csrc'}", str(ROOT / "tests" / "cpu_kernels_check.cpp"),
+                          "-o", str(exe)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
