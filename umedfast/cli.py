@@ -64,9 +64,13 @@ def _check_inputs(cfg) -> None:
         check_model_dir(cfg.model.name, "model.name")
     if cfg.stage in ("ppo", "all") and cfg.ppo.init_from and looks_like_path(cfg.ppo.init_from):
         check_model_dir(cfg.ppo.init_from, "ppo.init_from")
-    if cfg.data.path and not Path(cfg.data.path).is_file():
-        raise MissingPathError(f"data.path {cfg.data.path!r} does not exist" if not Path(cfg.data.path).exists()
-                               else f"data.path {cfg.data.path!r} is not a file (give the MAU JSONL)")
+    if cfg.data.path:
+        if not Path(cfg.data.path).is_file():
+            raise MissingPathError(f"data.path {cfg.data.path!r} does not exist" if not Path(cfg.data.path).exists()
+                                   else f"data.path {cfg.data.path!r} is not a file (give the MAU JSONL)")
+        from umedfast.data.records import read_mau_checked
+
+        read_mau_checked(cfg.data.path)  # malformed lines (file:line), no records, missing images: refused now
     out = Path(cfg.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -209,6 +209,24 @@ def missing_images(records: Iterable[MAURecord]) -> list[MAURecord]:
     return [r for r in records if not os.path.isfile(r.image)]
 
 
+def check_images(records: list[MAURecord], path) -> None:
+    """``UserError`` naming the first few records whose image file is missing (none missing: returns)."""
+    lost = missing_images(records)
+    if lost:
+        names = ", ".join(f"{r.id} ({r.image})" for r in lost[:3])
+        raise RecordError(f"{len(lost)} of {len(records)} records in {path} point to missing image files, e.g. "
+                          f"{names}" + (f" and {len(lost) - 3} more" if len(lost) > 3 else ""))
+
+
+def read_mau_checked(path) -> list[MAURecord]:
+    """``read_mau`` for training and evaluation: also refuses an empty file and records whose images are missing."""
+    records = read_mau(path)
+    if not records:
+        raise RecordError(f"{path} holds no records (an empty file); build one with umedfast-data build or synth")
+    check_images(records, path)
+    return records
+
+
 def record_targets(record: MAURecord) -> list[tuple[str, tuple[float, float, float, float]]]:
     """(label, box xyxy in [0, 1]) for each finding; [] for a normal image."""
     size = tuple(record.image_size)

@@ -73,7 +73,6 @@ def _print_tables(results, group: str, columns=None, title_prefix: str = "") -> 
 def cmd_run(a) -> int:
     from umedfast.data import read_mau
     from umedfast.data.splits import select
-    from umedfast.eval.mau import evaluate_and_write
 
     if a.generalization and a.split == "all":
         raise SystemExit("--generalization selects the held-out part of a split: use --split test (the default)")
@@ -97,6 +96,7 @@ def cmd_run(a) -> int:
     names = _names(a.checkpoint, a.names)
     for spec in a.checkpoint:  # every checkpoint checked before the first one is evaluated
         check_checkpoint(spec)
+    from umedfast.eval.mau import evaluate_and_write  # imports torch: after the input checks, which are instant
     out_root = Path(a.out)
     results = []
     for spec, name in zip(a.checkpoint, names):

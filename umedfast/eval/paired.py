@@ -14,9 +14,12 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
 
 from umedfast.errors import MissingPathError, UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ def mcnemar_exact(b_only: int, a_only: int) -> float:
 
 def _bootstrap(diff: torch.Tensor, n_boot: int, seed: int) -> tuple[float, float]:
     """95% percentile interval of the mean of ``diff`` Float64[n] over ``n_boot`` paired resamples."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, diff.numel(), (n_boot, diff.numel()), generator=g)
     means = diff[idx].mean(dim=1)
@@ -88,6 +93,8 @@ def paired_deltas(a: dict[str, dict], b: dict[str, dict], *, n_boot: int = 2000,
     if set(a) != set(b):
         only = sorted(set(a) ^ set(b))
         raise PredictionsError(f"the runs were scored on different records ({len(only)} differ, e.g. {only[:3]})")
+    import torch  # here, not at import: reading and checking the files needs no torch
+
     ids = sorted(a)
     out = []
     acc_a = torch.tensor([float(a[i]["correct"]) for i in ids], dtype=torch.float64)
