@@ -203,3 +203,14 @@ def test_validate_answer(records):
     assert "box" in validate_answer("Recognition: nodule at [600,600,900,900].", r, "norm1000")
     assert validate_answer("No abnormality; normal image.", records[1], "norm1000") is None
     assert "box" in validate_answer("Normal. [1,2,3,4]", records[1], "norm1000")
+
+
+def test_text_only_requests_are_plain_strings_with_a_token_cap(server, records, tmp_path):
+    """A text-only server (llama.cpp with a GGUF chat template) gets string content, never a list of parts."""
+    server.default = "ok"
+    n = len(server.requests)
+    w = _writer(server, tmp_path / "text_only", send_image=False, max_tokens=123)
+    w.write_all(records[:1], progress=False)
+    new = server.requests[n:]
+    assert new and all(isinstance(m["content"], str) for r in new for m in r["messages"])
+    assert all(r.get("max_tokens") == 123 for r in new)

@@ -119,14 +119,15 @@ class LLMWriter:
     model: model name on the endpoint; base_url: e.g. "http://127.0.0.1:8000/v1" (None = OpenAI); api_key: None reads
     OPENAI_API_KEY; cache_dir: answer cache (None = no cache); concurrency: parallel records; max_retries: HTTP
     retries per request; attempts: LLM tries per record before the template fallback; timeout: seconds per request;
-    send_image: attach the image (base64 PNG, longest side <= image_max_side) to the diagnosis prompt.
+    send_image: attach the image (base64 PNG, longest side <= image_max_side) to the diagnosis prompt (False for a
+    text-only model, e.g. a llama.cpp server of a text LLM); max_tokens: cap per completion (None = server default).
     """
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None, cache_dir=None,
                  fmt: str = "norm1000", style: str = "full", concurrency: int = 4, max_retries: int = 4,
                  attempts: int = 2, timeout: float = 60.0, backoff: float = 1.0, max_backoff: float = 30.0,
                  send_image: bool = True, image_max_side: int = 512, temperature: float = 0.2,
-                 max_words: int = 90, client=None):
+                 max_words: int = 90, max_tokens: int | None = None, client=None):
         from openai import OpenAI
 
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
@@ -139,7 +140,7 @@ class LLMWriter:
         self.concurrency, self.max_retries, self.attempts = max(1, concurrency), max_retries, max(1, attempts)
         self.backoff, self.max_backoff = backoff, max_backoff
         self.send_image, self.image_max_side = send_image, image_max_side
-        self.temperature, self.max_words = temperature, max_words
+        self.temperature, self.max_words, self.max_tokens = temperature, max_words, max_tokens
         self.stats = LLMStats()
 
     def __repr__(self) -> str:  # never shows the key
@@ -186,8 +187,9 @@ class LLMWriter:
 
         for attempt in range(self.max_retries + 1):
             try:
+                extra = {"max_tokens": self.max_tokens} if self.max_tokens else {}
                 resp = self.client.chat.completions.create(model=self.model, messages=messages,
-                                                           temperature=self.temperature)
+                                                           temperature=self.temperature, **extra)
             except (openai.APITimeoutError, openai.APIConnectionError) as e:
                 err, retry_after = e, None
             except openai.APIStatusError as e:
@@ -238,9 +240,9 @@ class LLMWriter:
         diag_text, boxes = self._prompts(record)
         reason = ""
         for _ in range(self.attempts):
-            content = [{"type": "text", "text": diag_text}]
-            if self.send_image:
-                content.insert(0, self._image_part(record))
+            # text-only: a plain string, which every chat template takes (llama.cpp's GGUF templates concatenate
+            # message['content'] and fail on a list of parts)
+            content = [self._image_part(record), {"type": "text", "text": diag_text}] if self.send_image else diag_text
             diagnosis = self._chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}])
             tmpl = REFLECTION if record.findings else REFLECTION_NORMAL
             refl = tmpl.format(modality=record.modality, diagnosis=diagnosis.strip(), max_words=self.max_words,
