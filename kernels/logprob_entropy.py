@@ -26,12 +26,15 @@ logits block at a time, fp32 accumulation), because Triton has no CPU backend ou
 Triton forward: grid ``(row blocks, vocab splits)``; each program walks its share of the vocabulary in
 ``BLOCK_V`` chunks, computing the logits tile with ``tl.dot`` over ``BLOCK_H`` slices of the hidden size, and writes
 its partial ``(m, s, t, z_target)``; a tiny torch combine over the splits gives ``lse``, logprob and entropy
-(flash-decoding style split, so a short sequence still fills the GPU). Triton backward: grid
-``(row blocks, vocab chunks)``; each program recomputes its logits tile, forms ``dz`` and atomically adds
-``dz @ W_chunk`` into ``dhidden`` and ``dz^T @ h`` into ``dweight`` (fp32 buffers, relaxed atomics), as in Apple's
-Cut Cross-Entropy. ``lse`` is saved as (row max, log-sum below it) so ``log p = (z - max) - log_s`` does not cancel.
-Status: numerics are tested under the interpreter (fp32 dots there); the GPU build is only compiled ahead of time for
-sm_90 (bf16 wgmma dots) in the tests, not yet run or tuned on a GPU (block sizes 64 x 128 x 64, 8 warps, untuned).
+(flash-decoding style split, so a short sequence still fills the GPU). Triton backward (Liger's fused-linear-cross-
+entropy shape, deterministic): the vocabulary is walked in chunks of C columns (N * C elements ~ 64 MiB); per chunk
+``_lpe_dlogits_kernel`` recomputes the logits tiles and writes ``dz`` [N, C] in the input dtype, then two Triton GEMMs
+with fp32 accumulation: ``dh += dz @ W_c`` into one fp32 [N, H] buffer (each tile read-added-written by its one owner,
+chunks in order) and ``dW_c = dz^T @ h`` written once in the parameter's dtype. No atomics: the gradients are bitwise
+reproducible, and no fp32 [V, H] copy of dW exists. ``lse`` is saved as (row max, log-sum below it) so
+``log p = (z - max) - log_s`` does not cancel.
+Status: numerics and determinism are tested under the interpreter (fp32 dots there); the GPU build is compiled ahead
+of time for sm_90 in the tests (wgmma dots, no atomics, no spills), not yet run or timed on a GPU.
 
 Use in a policy loss (HF causal LM / VLM): take the last hidden state instead of logits and shift by one,
 
@@ -132,22 +135,25 @@ def _lpe_fwd_kernel(
 
 
 @triton.jit
-def _lpe_bwd_kernel(
-    h_ptr, w_ptr, b_ptr, tgt_ptr, mx_ptr, logs_ptr, ent_ptr, glp_ptr, gent_ptr,
-    dh_ptr, dw_ptr, db_ptr,  # fp32 accumulators, contiguous [N, H], [V, H], [V]
-    N, V, H,
-    stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
-    HAS_BIAS: tl.constexpr, COMPUTE_DH: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
-    IGNORE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+def _lpe_dlogits_kernel(
+    h_ptr, w_ptr, b_ptr, tgt_ptr, mx_ptr, logs_ptr, ent_ptr, glp_ptr, gent_ptr, dz_ptr,
+    N, V, H, v0, C,
+    stride_hn, stride_hh, stride_wv, stride_wh, stride_dzn, inv_temp,
+    HAS_BIAS: tl.constexpr, IGNORE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """One program: BLOCK_N rows x BLOCK_V vocabulary entries; recompute logits, dz, scatter into the grads."""
+    """One program: BLOCK_N rows x BLOCK_V vocabulary entries of the chunk [v0, v0 + C). Recomputes the logits tile
+    and writes d loss / d raw logits into dz[:, 0:C] (the chunk buffer, in the input dtype). Plain stores, no atomics:
+    every dz element has exactly one writer."""
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    offs_c = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)  # column inside the chunk
+    offs_v = v0 + offs_c
     mask_n = offs_n < N
-    mask_v = offs_v < V
+    mask_c = offs_c < C
+    mask_v = mask_c & (offs_v < V)
 
     tgt = tl.load(tgt_ptr + offs_n, mask=mask_n, other=IGNORE)
     valid = mask_n & (tgt != IGNORE)
@@ -165,35 +171,55 @@ def _lpe_bwd_kernel(
     onehot = (offs_v[None, :] == tgt[:, None]).to(tl.float32)
     dz = g_lp[:, None] * (onehot - p) - g_ent[:, None] * p * (zl + ent[:, None])
     dz = tl.where(mask_v[None, :] & valid[:, None], dz, 0.0) * inv_temp  # d/d(raw logits)
+    offs_n64 = offs_n.to(tl.int64)
+    tl.store(dz_ptr + offs_n64[:, None] * stride_dzn + offs_c[None, :], dz.to(dz_ptr.dtype.element_ty),
+             mask=mask_n[:, None] & mask_c[None, :])
 
-    # relaxed atomics: pure accumulation, no ordering needed (acq_rel, the default, costs a fence per add)
-    if COMPUTE_DB:
-        tl.atomic_add(db_ptr + offs_v, tl.sum(dz, axis=0), mask=mask_v, sem="relaxed")
-    offs_n = offs_n.to(tl.int64)
-    offs_v = offs_v.to(tl.int64)
-    if UPCAST:
-        dz_in = dz
-    else:
-        dz_in = dz.to(h_ptr.dtype.element_ty)  # bf16/fp16 tensor-core dots, fp32 accumulation
-    for h0 in range(0, H, BLOCK_H):
-        offs_h = h0 + tl.arange(0, BLOCK_H)
-        mask_h = offs_h < H
-        if COMPUTE_DH:
-            w = tl.load(w_ptr + offs_v[:, None] * stride_wv + offs_h[None, :] * stride_wh,
-                        mask=mask_v[:, None] & mask_h[None, :], other=0.0)  # [BLOCK_V, BLOCK_H]
-            if UPCAST:
-                w = w.to(tl.float32)
-            dh = tl.dot(dz_in, w, input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_H]
-            tl.atomic_add(dh_ptr + offs_n[:, None] * H + offs_h[None, :], dh,
-                          mask=mask_n[:, None] & mask_h[None, :], sem="relaxed")
-        if COMPUTE_DW:
-            a = tl.load(h_ptr + offs_n[:, None] * stride_hn + offs_h[None, :] * stride_hh,
-                        mask=mask_n[:, None] & mask_h[None, :], other=0.0)  # [BLOCK_N, BLOCK_H]
-            if UPCAST:
-                a = a.to(tl.float32)
-            dw = tl.dot(tl.trans(dz_in), a, input_precision=DOT_PRECISION)  # [BLOCK_V, BLOCK_H]
-            tl.atomic_add(dw_ptr + offs_v[:, None] * H + offs_h[None, :], dw,
-                          mask=mask_v[:, None] & mask_h[None, :], sem="relaxed")
+
+@triton.jit
+def _matmul_kernel(
+    a_ptr, b_ptr, c_ptr, M, N, K,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+    ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """C[M, N] (+)= A[M, K] @ B[K, N] with fp32 accumulation (any strides, so A may be a transposed view). With
+    ACCUMULATE the fp32 C tile is read, added to and written back by its one owner program: the sum over calls is
+    ordered and deterministic (no atomics). Grouped tile order along M for L2 reuse (Triton's matmul tutorial)."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * num_n
+    group = pid // width
+    first_m = group * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    # 64-bit row offsets (a [V, H] weight passes 2**31 elements for large heads); the pointers then advance by
+    # BLOCK_K per step, as in Triton's matmul tutorial. Unit strides are specialized by the JIT (contiguous loads).
+    a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n.to(tl.int64)[None, :] * stride_bn
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        mask_k = offs_k < K - k0
+        a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        if UPCAST:  # the interpreter multiplies bf16 bit patterns in tl.dot: go through fp32 there only
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    c_mask = mask_m[:, None] & mask_n[None, :]
+    if ACCUMULATE:
+        acc += tl.load(c_ptrs, mask=c_mask, other=0.0).to(tl.float32)
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -205,14 +231,24 @@ def _prev_pow2(x: int) -> int:
     return 1 << (max(int(x), 1).bit_length() - 1)
 
 
-def _triton_config(n: int, v: int, h: int, chunk_size: int | None, device: torch.device) -> dict:
+def _tiles(dtype: torch.dtype) -> dict:
+    """Tile sizes of the forward and dlogits kernels on a GPU. Half inputs: tensor-core (wgmma) tiles. fp32: its dots
+    run as FMA (IEEE) or tf32 with operands in registers, so smaller tiles (the half tiles spill there; the AOT test
+    in tests/test_logprob_entropy.py compiles every entry for sm_90 and checks registers and shared memory)."""
+    if dtype == torch.float32:
+        return dict(BLOCK_N=32, BLOCK_V=64, BLOCK_H=32, num_warps=4, num_stages=2)
+    return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=64, num_warps=8, num_stages=3)
+
+
+def _triton_config(n: int, v: int, h: int, chunk_size: int | None, device: torch.device,
+                   dtype: torch.dtype = torch.bfloat16) -> dict:
     """Tile sizes. chunk_size sets BLOCK_V (rounded down to a power of two, clamped to [16, 256])."""
     interp = _interpreting()
-    block_v = min(256, max(16, _prev_pow2(chunk_size))) if chunk_size else (64 if interp else 128)
-    block_n = 16 if interp else 64
-    block_h = 32 if interp else 64
-    n_chunks = triton.cdiv(v, block_v)
-    row_blocks = triton.cdiv(n, block_n)
+    tiles = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_H=32, num_warps=4, num_stages=1) if interp else _tiles(dtype)
+    if chunk_size:
+        tiles["BLOCK_V"] = min(256, max(16, _prev_pow2(chunk_size)))
+    n_chunks = triton.cdiv(v, tiles["BLOCK_V"])
+    row_blocks = triton.cdiv(n, tiles["BLOCK_N"])
     if interp:
         splits = min(n_chunks, 3)  # exercise the split combine in the CPU tests
     else:
@@ -220,8 +256,7 @@ def _triton_config(n: int, v: int, h: int, chunk_size: int | None, device: torch
         splits = max(1, min(n_chunks, triton.cdiv(4 * sms, row_blocks)))
     chunks_per_split = triton.cdiv(n_chunks, splits)
     splits = triton.cdiv(n_chunks, chunks_per_split)  # no empty split
-    return dict(BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, splits=splits,
-                chunks_per_split=chunks_per_split, num_warps=4 if interp else 8)
+    return dict(tiles, splits=splits, chunks_per_split=chunks_per_split)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -235,7 +270,7 @@ def _fwd_triton(hidden, weight, bias, targets, inv_temp, chunk_size):
     """Returns (logprob, entropy, Float32[2, N] (row max, log sum-exp relative to it))."""
     n, h = hidden.shape
     v = weight.shape[0]
-    cfg = _triton_config(n, v, h, chunk_size, hidden.device)
+    cfg = _triton_config(n, v, h, chunk_size, hidden.device, hidden.dtype)
     part = torch.zeros((4, cfg["splits"], n), device=hidden.device, dtype=torch.float32)
     if n == 0:
         return _combine_splits(part[0], part[1], part[2], part[3].sum(0), targets)
@@ -247,6 +282,7 @@ def _fwd_triton(hidden, weight, bias, targets, inv_temp, chunk_size):
         hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), inv_temp,
         HAS_BIAS=bias is not None, BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], BLOCK_H=cfg["BLOCK_H"],
         UPCAST=_interpreting(), DOT_PRECISION=_dot_precision(hidden.dtype), num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return _combine_splits(part[0], part[1], part[2], part[3].sum(0), targets)
 
@@ -269,27 +305,84 @@ def _combine_splits(m, s, t, zt, targets):
     return logprob, entropy, torch.stack([mx, log_s])
 
 
+_BWD_CHUNK_BYTES = 64 * 2**20  # the [N, C] dlogits buffer of one vocabulary chunk stays near this size
+
+
+def _bwd_chunk(n: int, v: int, block_v: int, elem_bytes: int) -> int:
+    """Vocabulary columns per backward chunk: a multiple of BLOCK_V with N * C * elem_bytes ~ _BWD_CHUNK_BYTES (at least
+    8 * BLOCK_V, so each GEMM stays large), never above V rounded up. The interpreter uses 2 * BLOCK_V so the CPU tests
+    cross several chunks."""
+    if _interpreting():
+        c = 2 * block_v
+    else:
+        c = max(8 * block_v, _prev_pow2(_BWD_CHUNK_BYTES // max(n * elem_bytes, 1)))
+    return min(c, triton.cdiv(v, block_v) * block_v)
+
+
+def _matmul_config(dtype: torch.dtype) -> dict:
+    if _interpreting():
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=1)
+    if dtype == torch.float32:  # FMA / tf32 dots, operands in registers: small tiles
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
+
+
+def _matmul(a, b, c, accumulate: bool, precision: str):
+    """c (+)= a @ b, fp32 accumulation, written in c's dtype (Triton; deterministic)."""
+    m, k = a.shape
+    n = b.shape[1]
+    if m == 0 or n == 0:
+        return
+    cfg = _matmul_config(a.dtype)
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    _matmul_kernel[grid](
+        a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+        ACCUMULATE=accumulate, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], GROUP_M=8,
+        UPCAST=_interpreting(), DOT_PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+
+
 def _bwd_triton(hidden, weight, bias, targets, lse, entropy, g_lp, g_ent, inv_temp, chunk_size, needs):
+    """Deterministic backward, Liger fused-linear-cross-entropy shape, chunked over the vocabulary: per chunk of C
+    columns, one kernel writes the dlogits block dz [N, C] (input dtype), then two GEMMs: dh += dz @ W_c (fp32 [N, H]
+    accumulator, summed over the chunks in order) and dW_c = dz^T @ h, written once, straight into the parameter's
+    dtype (no fp32 [V, H] copy). db_c = column sums of dz. No atomics anywhere: bitwise reproducible."""
     n, h = hidden.shape
     v = weight.shape[0]
-    cfg = _triton_config(n, v, h, chunk_size, hidden.device)
-    f32 = dict(device=hidden.device, dtype=torch.float32)
-    dh = torch.zeros((n, h), **f32) if needs[0] else None
-    dw = torch.zeros((v, h), **f32) if needs[1] else None
-    db = torch.zeros((v,), **f32) if needs[2] else None
+    cfg = _triton_config(n, v, h, chunk_size, hidden.device, hidden.dtype)
+    dev = hidden.device
+    dh = torch.zeros((n, h), device=dev, dtype=torch.float32) if needs[0] else None
+    dw = torch.empty((v, h), device=dev, dtype=weight.dtype) if needs[1] else None
+    db = torch.empty((v,), device=dev, dtype=bias.dtype) if needs[2] else None
     if n == 0:
+        if dw is not None:
+            dw.zero_()
+        if db is not None:
+            db.zero_()
         return dh, dw, db
-    grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(v, cfg["BLOCK_V"]))
-    _lpe_bwd_kernel[grid](
-        hidden, weight, bias if bias is not None else hidden, targets, lse[0], lse[1], entropy, g_lp, g_ent,
-        dh if dh is not None else entropy, dw if dw is not None else entropy, db if db is not None else entropy,
-        n, v, h,
-        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), inv_temp,
-        HAS_BIAS=bias is not None, COMPUTE_DH=dh is not None, COMPUTE_DW=dw is not None,
-        COMPUTE_DB=db is not None, IGNORE=IGNORE_INDEX,
-        BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], BLOCK_H=cfg["BLOCK_H"],
-        UPCAST=_interpreting(), DOT_PRECISION=_dot_precision(hidden.dtype), num_warps=cfg["num_warps"],
-    )
+    precision = _dot_precision(hidden.dtype)
+    block_v = cfg["BLOCK_V"]
+    chunk = _bwd_chunk(n, v, block_v, hidden.element_size())
+    dz = torch.empty((n, chunk), device=dev, dtype=hidden.dtype)
+    for v0 in range(0, v, chunk):
+        c = min(chunk, v - v0)
+        grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(c, block_v))
+        _lpe_dlogits_kernel[grid](
+            hidden, weight, bias if bias is not None else hidden, targets, lse[0], lse[1], entropy, g_lp, g_ent, dz,
+            n, v, h, v0, c,
+            hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), dz.stride(0), inv_temp,
+            HAS_BIAS=bias is not None, IGNORE=IGNORE_INDEX,
+            BLOCK_N=cfg["BLOCK_N"], BLOCK_V=block_v, BLOCK_H=cfg["BLOCK_H"],
+            UPCAST=_interpreting(), DOT_PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )
+        dzc = dz[:, :c]
+        if dh is not None:
+            _matmul(dzc, weight[v0:v0 + c], dh, True, precision)
+        if dw is not None:
+            _matmul(dzc.T, hidden, dw[v0:v0 + c], False, precision)
+        if db is not None:
+            db[v0:v0 + c] = dzc.sum(0, dtype=torch.float32)
     return dh, dw, db
 
 

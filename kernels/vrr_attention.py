@@ -19,7 +19,8 @@ Notes on the kernel:
   second pass over K. With key padding, the all-padding blocks before the first and after the last real key of each
   sample (left / right padding) are not visited at all.
 - Under ``TRITON_INTERPRET=1`` the interpreter multiplies the bit patterns of bf16 operands in ``tl.dot``; there
-  (only) the operands are upcast to fp32 through a constexpr. On GPU half dots stay on tensor cores, fp32 uses IEEE.
+  (only) the operands are upcast to fp32 through a constexpr. On GPU half dots stay on tensor cores; fp32 dots are
+  IEEE (FMA) or tf32 as torch's ``allow_tf32`` says, with their own small autotune tiles.
 """
 from __future__ import annotations
 
@@ -41,10 +42,11 @@ def _vrr_attend_blocks(
     offs_m, offs_d, lo, hi, q_pos_off, Nk, qk_scale,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
+    DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    """Online-softmax update of (acc, l_i, m_i, r_i) over key blocks [lo, hi); scores live in the log2 domain.
-    K/V loads stay unconditional at the loop top so the GPU pipeliner can prefetch them."""
+    """Online-softmax update of (acc, l_i, m_i, r_i) over key blocks [lo, hi); m_i lives in the log2 domain.
+    The softmax scale (times log2 e, > 0) is folded into the exp2 argument: one FMA per score, as in the Triton
+    tutorial. K/V loads stay unconditional at the loop top so the GPU pipeliner can prefetch them."""
     offs_n0 = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
@@ -56,11 +58,9 @@ def _vrr_attend_blocks(
         k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=k_mask, other=0.0)  # [BN, D]
         if DOT_FP32:
             k = k.to(tl.float32)
-        if IEEE:
-            qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
         else:
             qk = tl.dot(q, tl.trans(k))
-        qk = qk * qk_scale
         if MASKED:
             keep = kv_mask[None, :]
             if IS_CAUSAL:
@@ -69,10 +69,10 @@ def _vrr_attend_blocks(
         if HAS_PAD:
             pad = tl.load(pad_base + offs_n, mask=kv_mask, other=0)
             qk = tl.where(pad[None, :] != 0, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         # A row with no allowed key so far keeps m = -inf; shift by 0 there so exp2 gives 0, not NaN.
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk - m_safe[:, None])
+        p = tl.math.exp2(qk * qk_scale - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         r_i = r_i * alpha
@@ -85,8 +85,7 @@ def _vrr_attend_blocks(
         v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=k_mask, other=0.0)  # [BN, D]
         if DOT_FP32:
             v = v.to(tl.float32)
-        if IEEE:
-            acc = tl.dot(p, v, acc, input_precision="ieee")
+            acc = tl.dot(p, v, acc, input_precision=DOT_PREC)
         else:
             acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
@@ -106,13 +105,14 @@ def _vrr_attention_fwd_kernel(
     NQ_BUCKET, NK_BUCKET,  # autotune keys only (sizes rounded to powers of two)
     GROUP: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
+    DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One program = BLOCK_M query rows of one (batch, query head)."""
+    """One program = BLOCK_M query rows of one (batch, query head). Grid (B * Hq, row blocks): batch x heads on axis 0
+    (limit 2**31 - 1), the row blocks on axis 1 (limit 65535, i.e. Nq up to 4M at BLOCK_M = 64)."""
     num_m = tl.cdiv(Nq, BLOCK_M)
-    pid_m = num_m - 1 - tl.program_id(0)  # causal: the longest rows start first
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)
+    pid_m = num_m - 1 - tl.program_id(1)  # causal: the longest rows start first
     b = (pid_bh // Hq).to(tl.int64)
     h = pid_bh % Hq
     hk = (h // GROUP).to(tl.int64)
@@ -164,7 +164,7 @@ def _vrr_attention_fwd_kernel(
         acc, l_i, m_i, r_i, q, k_base, v_base, stride_kn, stride_vn,
         pad_base, reg_base, regcnt_base,
         offs_m, offs_d, lo, full_end, q_pos_off, Nk, qk_scale,
-        False, IS_CAUSAL, HAS_PAD, HEAD_DIM, EVEN_D, BLOCK_N, DOT_FP32, IEEE,
+        False, IS_CAUSAL, HAS_PAD, HEAD_DIM, EVEN_D, BLOCK_N, DOT_FP32, DOT_PREC,
     )
     # full_end (clipped to kv_end) may not be block aligned; resume at the block after the last one processed
     mid = tl.maximum((full_end + BLOCK_N - 1) // BLOCK_N * BLOCK_N, lo)
@@ -172,7 +172,7 @@ def _vrr_attention_fwd_kernel(
         acc, l_i, m_i, r_i, q, k_base, v_base, stride_kn, stride_vn,
         pad_base, reg_base, regcnt_base,
         offs_m, offs_d, mid, hi, q_pos_off, Nk, qk_scale,
-        True, IS_CAUSAL, HAS_PAD, HEAD_DIM, EVEN_D, BLOCK_N, DOT_FP32, IEEE,
+        True, IS_CAUSAL, HAS_PAD, HEAD_DIM, EVEN_D, BLOCK_N, DOT_FP32, DOT_PREC,
     )
 
     # Rows with no allowed key: out 0 and mass 0, never NaN.
@@ -185,17 +185,84 @@ def _vrr_attention_fwd_kernel(
     tl.store(Mass + b * stride_mb + h * stride_mh + offs_m, mass, mask=m_valid)
 
 
-# A small autotune list for GPUs (H100-sized tiles for D<=128). Never used under the interpreter, where one fixed
-# config runs (autotuning there would only multiply the already slow emulation).
-_AUTOTUNE_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=4),
+# Autotune configs for GPUs (never used under the interpreter, where one fixed tile runs: autotuning there would only
+# multiply the slow emulation). Half precision: the Triton tutorial's space, trimmed to the tiles that make sense for
+# H100/H200 (wgmma wants BLOCK_M a multiple of 64). fp32 has its own small tiles: its dots run as FMA (IEEE) or tf32,
+# operands live in registers, and the half tiles overflow shared memory there (fp32 still spills registers at
+# D >= 128 in every tile tried, tf32x3 included: correct and launchable, slow; the reward runs in bf16). ``_prune_configs`` then drops,
+# per head dim and dtype, every config whose estimated shared memory or accumulator registers would not fit, so the
+# autotuner never benchmarks (or launches) a config that fails with OutOfResources or spills.
+_HALF_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [
+        (128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 4, 3), (128, 32, 4, 4), (128, 32, 8, 3), (64, 64, 4, 3),
+        (64, 64, 4, 4), (64, 128, 4, 2), (64, 32, 4, 4), (64, 64, 8, 2),
+    ]
 ]
+_FP32_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [(32, 32, 4, 2), (32, 64, 4, 2), (16, 32, 4, 2)]
+]
+_AUTOTUNE_CONFIGS = _HALF_CONFIGS + _FP32_CONFIGS
+SMEM_LIMIT = 227 * 1024  # H100 / H200: max dynamic shared memory per block (232448 bytes)
+_SMEM_SLACK = 2 * 1024  # triton's allocation exceeds the estimate by up to 1 KB (barriers, alignment)
+
+
+def _estimate_smem(cfg, block_d: int, elem_bytes: int) -> int:
+    """Shared memory of one config: the Q tile plus ``num_stages`` buffers of the K and V tiles (what the software
+    pipeliner allocates), in bytes. Matches triton's allocation for sm_90 within 1 KB (tests/test_vrr_kernel.py
+    compiles every surviving config ahead of time and checks the real figure)."""
+    bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+    return (bm * block_d + max(cfg.num_stages, 1) * 2 * bn * block_d) * elem_bytes
+
+
+def _register_estimate(cfg, block_d: int, dot_fp32: bool) -> int:
+    """A register-pressure score per thread, fitted to the AOT sweep of every config at head dims 64/128/256 (triton
+    3.9's ptxas, sm_90; bench/RESULTS.md): the fp32 accumulator (BLOCK_M x BLOCK_D), twice the score tile (scores and
+    probabilities, BLOCK_M x BLOCK_N) and 2 per pipeline stage (addresses). Half configs up to 166 compiled without
+    spills, every config above spilled. 8 warps on 64 rows: the two warpgroups cannot split the 64-row wgmma, each
+    holds the whole tile (counted twice). fp32 (FMA) dots also hold Q and K^T in registers."""
+    threads = 32 * cfg.num_warps
+    bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+    regs = (bm * block_d + 2 * bm * bn) // threads + 2 * cfg.num_stages
+    if dot_fp32:
+        regs += (bm * block_d + bn * block_d) // threads
+    elif cfg.num_warps == 8 and bm < 128:
+        regs *= 2
+    return regs
+
+
+_REGISTER_BUDGET = 166
+
+
+def _config_fits(cfg, block_d: int, dot_fp32: bool) -> bool:
+    if dot_fp32 != any(cfg is c for c in _FP32_CONFIGS):
+        return False
+    smem = _estimate_smem(cfg, block_d, 4 if dot_fp32 else 2) + _SMEM_SLACK
+    return smem <= SMEM_LIMIT and _register_estimate(cfg, block_d, dot_fp32) <= _REGISTER_BUDGET
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """``prune_configs_by`` hook: keep the configs that fit this head dim and dtype (at least one: the smallest)."""
+    args = {**named_args, **kwargs}
+    block_d, dot_fp32 = int(args["BLOCK_D"]), bool(args["DOT_FP32"])
+    kept = [c for c in configs if _config_fits(c, block_d, dot_fp32)]
+    if kept:
+        return kept
+    pool = [c for c in configs if dot_fp32 == any(c is f for f in _FP32_CONFIGS)] or list(configs)
+    return [min(pool, key=lambda c: (_estimate_smem(c, block_d, 4 if dot_fp32 else 2), c.kwargs["BLOCK_M"]))]
+
+
+def configs_for(head_dim: int, dtype: torch.dtype) -> list:
+    """The autotune configs that survive pruning for ``head_dim`` and ``dtype`` on a GPU (the AOT test compiles each)."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    return _prune_configs(_AUTOTUNE_CONFIGS, {}, BLOCK_D=block_d, DOT_FP32=dtype == torch.float32)
+
+
 _vrr_attention_fwd_kernel_tuned = triton.autotune(
     configs=_AUTOTUNE_CONFIGS,
-    key=["NQ_BUCKET", "NK_BUCKET", "HEAD_DIM", "GROUP", "IS_CAUSAL", "HAS_PAD", "DOT_FP32", "IEEE"],
+    key=["NQ_BUCKET", "NK_BUCKET", "HEAD_DIM", "GROUP", "IS_CAUSAL", "HAS_PAD", "DOT_FP32", "DOT_PREC"],
+    prune_configs_by={"early_config_prune": _prune_configs},
 )(_vrr_attention_fwd_kernel)
 
 _INTERPRET_BLOCKS = (32, 32)
@@ -215,6 +282,14 @@ def _real_key_range(key_padding_mask: torch.Tensor) -> torch.Tensor:
     first = torch.where(key_padding_mask, idx, Nk).amin(1)
     last = torch.where(key_padding_mask, idx + 1, 0).amax(1)
     return torch.stack([torch.where(last > 0, first, 0), last], 1).to(torch.int32).contiguous()
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """fp32 dots follow torch's matmul setting (TF32 off by default, so fp32 results match torch fp32); the
+    interpreter and half inputs (upcast under the interpreter only) use IEEE."""
+    if dtype == torch.float32 and not _INTERPRET and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
 
 
 def _vrr_attention_fwd(q, k, v, region_mask, key_padding_mask, causal, scale, out, blocks=None):
@@ -240,7 +315,7 @@ def _vrr_attention_fwd(q, k, v, region_mask, key_padding_mask, causal, scale, ou
     qk_scale = scale * 1.4426950408889634  # log2(e): the kernel uses exp2
     common = dict(
         GROUP=Hq // Hkv, IS_CAUSAL=bool(causal), HAS_PAD=has_pad, HEAD_DIM=D, BLOCK_D=block_d,
-        DOT_FP32=_INTERPRET or q.dtype == torch.float32, IEEE=q.dtype == torch.float32 and not _INTERPRET,
+        DOT_FP32=_INTERPRET or q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype),
     )
     args = (
         q, k, v, out, mass, pad, key_range, reg, regcnt,
@@ -255,10 +330,10 @@ def _vrr_attention_fwd(q, k, v, region_mask, key_padding_mask, causal, scale, ou
     )
     if _INTERPRET or blocks is not None:
         bm, bn = blocks or _INTERPRET_BLOCKS
-        grid = (triton.cdiv(Nq, bm), B * Hq)
+        grid = (B * Hq, triton.cdiv(Nq, bm))
         _vrr_attention_fwd_kernel[grid](*args, **common, BLOCK_M=bm, BLOCK_N=bn)
     else:
-        grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
+        grid = lambda meta: (B * Hq, triton.cdiv(Nq, meta["BLOCK_M"]))  # noqa: E731
         _vrr_attention_fwd_kernel_tuned[grid](*args, **common)
     return mass
 
