@@ -227,6 +227,10 @@ def test_eval_run_data_errors(tmp_path):
     one_line_error(evaluate("--checkpoint", "tiny-llava", "--data", size), "size.jsonl:1:", "image_size")
     one_line_error(evaluate("--checkpoint", "tiny-llava", "--data", tmp_path / "none.jsonl"), "none.jsonl",
                    "no such file")
+    good = _jsonl(tmp_path / "d" / "good.jsonl", [_record(2, "images/a.png")])
+    (tmp_path / "afile").write_text("x")
+    one_line_error(evaluate("--checkpoint", "tiny-llava", "--data", good, "--out", tmp_path / "afile" / "o"),
+                   "cannot create the output directory")
 
 
 def _eval_dir(root: Path, rows) -> Path:

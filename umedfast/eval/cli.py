@@ -96,8 +96,12 @@ def cmd_run(a) -> int:
     names = _names(a.checkpoint, a.names)
     for spec in a.checkpoint:  # every checkpoint checked before the first one is evaluated
         check_checkpoint(spec)
-    from umedfast.eval.mau import evaluate_and_write  # imports torch: after the input checks, which are instant
     out_root = Path(a.out)
+    try:  # an output folder that cannot be written is found before any model is loaded
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"cannot create the output directory {a.out!r}: {e.strerror or e}") from None
+    from umedfast.eval.mau import evaluate_and_write  # imports torch: after the input checks, which are instant
     results = []
     for spec, name in zip(a.checkpoint, names):
         print(f"[umedfast-eval] {name}: {len(records)} records from {a.data} (split={a.split})", file=sys.stderr)
