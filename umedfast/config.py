@@ -43,6 +43,8 @@ class DataConfig:
     path: str = ""                      # MAU JSONL; empty = MAU-Synth generated into OUTPUT/data if absent
     synth_n: int = 600                  # MAU-Synth: number of images to generate
     synth_seed: int = 0                 # MAU-Synth: generator seed
+    synth_eval_n: int = 0               # MAU-Synth: extra evaluation-only images (seed synth_seed + 1, every one
+                                        # held out) replacing the test split for eval.json; 0 = the test split
     synth_image_size: int = 112         # MAU-Synth: image side in pixels
     style: str = "compact"              # template answer style of MAU-Synth ("compact" ~40 tokens, "full")
     box_format: str = "norm1000"        # how boxes are written in text (umedfast.boxes.FORMATS)
@@ -84,12 +86,21 @@ class PPOConfig:
     min_lr_ratio: float = 1.0           # cosine floor as a fraction of lr (1 = constant)
     advantage: str = "gae"              # "gae" (critic), "grpo" or "rloo" (critic-free group baselines)
     gamma: float = 1.0                  # GAE discount over response tokens
-    lam: float = 0.95                   # GAE lambda
+    lam: float = 1.0                    # GAE lambda; 1 = return - V_t (no positional bias from a young critic)
     whiten_advantages: bool = True      # normalize advantages over the batch's response tokens
     kl_coef: float = 0.05               # per-token KL penalty to the reference (SFT) policy
-    kl_estimator: str = "k3"            # "k1", "k2" or "k3"
+    kl_estimator: str = "k1"            # per-token KL in the GAE reward: "k1" (standard) or "k2"; k3 is refused
+                                        # with advantage=gae (wrong gradient as a reward; GRPO/RLOO use k3 in the loss)
     clip_eps: float = 0.2               # PPO ratio clip
-    value_clip: float = 0.2             # value-loss clip
+    value_clip: float = 0.2             # value-loss clip (<= 0: unclipped squared error)
+    value_max_grad_norm: float = 1.0    # gradient clip of the value head alone (the policy keeps max_grad_norm)
+    critic_warmup_steps: int = 0        # first N iterations train only the critic (policy loss weight 0)
+    truncation_penalty: float = 0.0     # subtracted from the reward of a response that hits max_new_tokens w/o EOS
+    skip_uniform_groups: bool = False   # leave query groups whose K rewards are all equal out of the update
+    span_advantages: bool = False       # GAE: the box tokens get the ALR return only, the tokens after the box the
+                                        # rest (relevance, VRR); the return is cut at the box's closing bracket
+    vrr_query: str = "producer"         # VRR query of a class token: "producer" (the position that predicted it,
+                                        # one earlier) or "token" (its own position); rewards/vrr.py, docs/training.md
     vf_coef: float = 0.5                # c2: value loss weight
     ent_coef: float = 0.0               # c3: entropy bonus weight
     max_grad_norm: float = 1.0          # gradient clipping (<= 0 disables)
@@ -245,6 +256,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.ppo.alr_norm in GROUP_NORMS and cfg.ppo.vrr_norm in GROUP_NORMS,
          f"ppo.alr_norm and ppo.vrr_norm must be one of {GROUP_NORMS}"),
         (cfg.ppo.kl_estimator in ("k1", "k2", "k3"), "ppo.kl_estimator must be k1, k2 or k3"),
+        (not (cfg.ppo.advantage == "gae" and cfg.ppo.kl_estimator == "k3"),  # issue 13: k3 as a reward has the
+         "ppo.kl_estimator=k3 with advantage=gae is refused: use k1 (k3 belongs in the loss, grpo/rloo)"),  # wrong grad
         (cfg.ppo.k >= 1, "ppo.k must be >= 1"),
         (cfg.ppo.advantage == "gae" or cfg.ppo.k >= 2, "grpo/rloo need ppo.k >= 2 candidates per query"),
         (cfg.judge.kind in ("rubric", "openai"), "judge.kind must be rubric or openai"),

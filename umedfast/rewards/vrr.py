@@ -14,8 +14,12 @@ with ``p`` the FULL softmax row of query ``i`` over all keys it may attend to (c
 region-only denominator of the paper's formula (DESIGN.md, "VRR denominator"). So the reward SUMS over the
 abnormal-class token positions (a response that names the class in more tokens, each looking at the region, earns
 more, as in the paper's sum over class tokens) and AVERAGES over heads and over the chosen layers (default: all layers
-of the language model), which keeps it on the scale of one attention row. Query ``i`` is the class token's own
-position (the hidden state that reads the token). A sample with no class position gets 0. Stage-2 PPO divides VRR by
+of the language model), which keeps it on the scale of one attention row. The queries are the positions the caller
+marks in ``class_mask``. Stage-2 PPO (``umedfast.train.aar.class_token_mask``, ``ppo.vrr_query``) marks by default
+the position that PRODUCED each class token (position ``P-1+j`` predicts response token ``j``): its attention is
+what the model looked at when it chose the class word. The class token's own position (``vrr_query=token``) reads
+the token and predicts the NEXT one. Evidence for the choice: docs/training.md, "VRR query". A sample with no
+class position gets 0. Stage-2 PPO divides VRR by
 its maximum over the K candidates of a query, so the overall scale cancels there.
 
 Padding and causality come from the 2-D ``attention_mask`` of the batch (left or right padding): the mask function

@@ -30,11 +30,13 @@ def token_rewards(seq_reward: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) 
 
 
 def gae_advantages(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
-                   lam: float = 0.95) -> tuple[Tensor, Tensor]:
+                   lam: float = 0.95, cut: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Generalized Advantage Estimation (Schulman et al. 2016) over response tokens.
 
     rewards, values: Float[B, T]; mask: [B, T] (right-padded response tokens). The value after the last response
-    token is 0 (the episode ends). Returns ``(advantages, returns)`` Float[B, T], zero outside the mask, with
+    token is 0 (the episode ends). ``cut`` Bool[B, T] (optional): True at a position after which nothing flows
+    back (no bootstrap, no later reward), as at an episode end: the tokens up to a cut are credited only with the
+    rewards up to it (span advantages). Returns ``(advantages, returns)`` Float[B, T], zero outside the mask, with
     ``returns = advantages + values`` (the critic's regression target).
     """
     m = mask.to(values.dtype)
@@ -43,8 +45,11 @@ def gae_advantages(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float =
     b, t = rewards.shape
     adv = torch.zeros_like(rewards)
     last = torch.zeros(b, dtype=rewards.dtype, device=rewards.device)
+    keep = None if cut is None else (~cut.bool()).to(values.dtype)
     for i in reversed(range(t)):
         next_v = values[:, i + 1] if i + 1 < t else torch.zeros_like(last)
+        if keep is not None:
+            next_v, last = next_v * keep[:, i], last * keep[:, i]
         delta = rewards[:, i] + gamma * next_v - values[:, i]
         last = delta + gamma * lam * last
         last = last * m[:, i]  # padding positions carry nothing back

@@ -44,7 +44,9 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor
                clip_range: float = 0.2, denom: float | Tensor | None = None) -> Tensor:
     """Clipped value loss: ``0.5 * mean(max((v - R)^2, (v_old + clip(v - v_old, -c, c) - R)^2))``.
 
-    ``denom``: see :func:`~umedfast.rl.stats.masked_mean`."""
+    ``clip_range`` <= 0: plain ``0.5 * mean((v - R)^2)``. ``denom``: see :func:`~umedfast.rl.stats.masked_mean`."""
+    if clip_range <= 0:
+        return 0.5 * masked_mean((values - returns) ** 2, mask, denom=denom)
     v_clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2), mask, denom=denom)
 

@@ -32,8 +32,18 @@ def _targets(rec):
     return record_targets(rec)
 
 
-def class_token_mask(bundle, ro: Rollout, labels: list[list[str]]) -> torch.Tensor:
-    """Bool[B, P+L]: positions of the response tokens that spell a ground-truth class label."""
+VRR_QUERIES = ("producer", "token")
+
+
+def class_token_mask(bundle, ro: Rollout, labels: list[list[str]], query: str = "producer") -> torch.Tensor:
+    """Bool[B, P+L]: the VRR query positions of the response tokens that spell a ground-truth class label.
+
+    ``query="token"``: the class token's own position (its hidden state READS the token and predicts the next one).
+    ``query="producer"`` (default): one position earlier, the query whose attention PRODUCED the class token
+    (position ``P-1+j`` predicts response token ``j``). Evidence for the default: docs/training.md, "VRR query"."""
+    if query not in VRR_QUERIES:
+        raise ValueError(f"ppo.vrr_query must be one of {VRR_QUERIES}, got {query!r}")
+    shift = 1 if query == "producer" else 0
     from umedfast.model import phrase_token_positions
 
     ids = ro.batch["input_ids"]
@@ -43,16 +53,17 @@ def class_token_mask(bundle, ro: Rollout, labels: list[list[str]]) -> torch.Tens
         row = ro.response_ids[b, :n].tolist()
         for lab in set(labels[b]):
             for j in phrase_token_positions(bundle.tokenizer, row, lab):
-                mask[b, ro.prompt_width + j] = True
+                mask[b, ro.prompt_width + j - shift] = True
     return mask
 
 
-def compute_vrr(bundle, ro: Rollout, boxes: list[list], labels: list[list[str]], layers=None):
-    """(vrr Float[B], class_written Bool[B]); rows whose response names no class get 0 without a kernel call."""
+def compute_vrr(bundle, ro: Rollout, boxes: list[list], labels: list[list[str]], layers=None, query="producer"):
+    """(vrr Float[B], class_written Bool[B]); rows whose response names no class get 0 without a kernel call.
+    ``query``: see :func:`class_token_mask`."""
     from umedfast.model import image_region_mask
     from umedfast.rewards.vrr import vrr_forward
 
-    cls = class_token_mask(bundle, ro, labels)
+    cls = class_token_mask(bundle, ro, labels, query)
     written = cls.any(dim=1)
     vrr = torch.zeros(len(ro.texts))
     if not bool(written.any()):
@@ -112,7 +123,7 @@ def score_rollout(bundle, ro: Rollout, judge, cfg: PPOConfig, *, box_format: str
         r_llm = torch.zeros(B)
     if cfg.w_vrr:
         layers = [int(x) for x in cfg.vrr_layers.split(",") if x.strip()] or None
-        vrr, written = compute_vrr(bundle, ro, boxes, labels, layers)
+        vrr, written = compute_vrr(bundle, ro, boxes, labels, layers, cfg.vrr_query)
         if cfg.vrr_normal_credit:
             vrr, written = credit_normal_answers(ro.texts, [not t for t in tg], vrr, written, box_format)
     else:

@@ -123,6 +123,8 @@ def load_records(cfg: TrainConfig, d: Dist) -> tuple[list, list]:
     gen = cfg.data.generalization or None
     train = splits.select(records, "train", gen)
     held = splits.select(records, cfg.data.eval_split, gen)
+    if cfg.data.synth_eval_n and not cfg.data.path and not gen:  # evaluation-only images, never trained on
+        held = synth_eval_records(cfg, d)
     if cfg.data.max_train:
         train = train[:cfg.data.max_train]
     if cfg.data.max_eval:
@@ -136,6 +138,20 @@ def load_records(cfg: TrainConfig, d: Dist) -> tuple[list, list]:
         raise UserError(f"{len(lost)} of {len(train) + len(held)} records in {path} point to missing image files, "
                         f"e.g. {names}" + (f" and {len(lost) - 3} more" if len(lost) > 3 else ""))
     return train, held
+
+
+def synth_eval_records(cfg: TrainConfig, d: Dist) -> list:
+    """``data.synth_eval_n`` MAU-Synth images from another seed (``synth_seed + 1``), all held out, generated once
+    into OUTPUT/data_eval: a test set large enough for paired comparisons (~1,000 images) at no training cost."""
+    from umedfast.data import read_mau, synth
+
+    out = Path(cfg.output_dir) / "data_eval"
+    path = out / synth.JSONL_NAME
+    if d.is_main and not path.is_file():
+        synth.generate(cfg.data.synth_eval_n, out, seed=cfg.data.synth_seed + 1, image_size=cfg.data.synth_image_size,
+                       box_format=cfg.data.box_format, style=cfg.data.style, progress=cfg.progress)
+    barrier(d)
+    return read_mau(path)
 
 
 def model_dtype(cfg: TrainConfig, device: str) -> torch.dtype:

@@ -20,7 +20,7 @@ class Rollout:
     records: the B = n_queries * K records (each query repeated K times); texts: decoded responses (B);
     batch: model inputs over prompt + response (``input_ids``/``attention_mask`` Long[B, P+L], ``pixel_values``,
     ``orig_image_sizes``...); response_ids Long[B, L]; response_mask Float[B, L] (1 up to and including EOS);
-    prompt_width P.
+    prompt_width P; truncated Bool[B]: the response hit the length cap without writing EOS.
     """
 
     records: list
@@ -29,6 +29,11 @@ class Rollout:
     response_ids: torch.Tensor
     response_mask: torch.Tensor
     prompt_width: int
+    truncated: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.truncated is None:
+            self.truncated = torch.zeros(self.response_ids.shape[0], dtype=torch.bool)
 
 
 def response_mask_from_ids(ids: torch.Tensor, eos_id: int | None) -> torch.Tensor:
@@ -38,6 +43,38 @@ def response_mask_from_ids(ids: torch.Tensor, eos_id: int | None) -> torch.Tenso
     is_eos = (ids == eos_id).int()
     after = torch.cumsum(is_eos, dim=1) - is_eos  # number of EOS strictly before each position
     return (after == 0).float()
+
+
+def clean_generation_config(tok, max_new_tokens: int, suppress: list[int]):
+    """A ``GenerationConfig`` with NO logits processor but ours: greedy over the Gumbel-perturbed logits of
+    :class:`~umedfast.train.sampling.CounterGumbelSampler`, so the tokens are drawn from exactly
+    ``softmax(logits / T)``, the distribution PPO scores. A checkpoint's ``generation_config.json`` (repetition
+    penalty, top-k / top-p, its own suppressed or forced tokens, min length, ...) would otherwise be merged in by
+    ``generate`` and make sampling != scoring."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0,
+                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                            bos_token_id=getattr(tok, "bos_token_id", None), suppress_tokens=suppress,
+                            repetition_penalty=1.0)
+
+
+class _only_generation_config:
+    """Context: the model's own ``generation_config`` replaced by ``gc`` (HF's ``generate`` fills every unset field
+    of a passed config from the model's, so passing a clean one is not enough)."""
+
+    def __init__(self, model, gc):
+        self.base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.gc = gc
+
+    def __enter__(self):
+        self.saved = getattr(self.base, "generation_config", None)
+        self.base.generation_config = self.gc
+        return self.gc
+
+    def __exit__(self, *exc):
+        self.base.generation_config = self.saved
+        return False
 
 
 @torch.no_grad()
@@ -65,20 +102,26 @@ def sample_candidates(bundle, records: list, *, k: int, temperature: float, top_
     try:
         keys = row_keys(seed, step, [r.id for r in reps], [j for _ in records for j in range(k)])
         sampler = CounterGumbelSampler(keys, gen["input_ids"].shape[1], temperature, top_p)
-        seq = model.generate(**model_inputs(gen), do_sample=False, logits_processor=LogitsProcessorList([sampler]),
-                             max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, synced_gpus=synced_gpus,
-                             suppress_tokens=[bundle.image_token_id])  # an image placeholder in a response breaks
-                                                                       # the scoring forward (features != tokens)
+        # the only other processor: an image placeholder in a response breaks the scoring forward (features !=
+        # tokens), so it is suppressed (its probability is ~0 after SFT; scoring does not renormalize for it)
+        gc = clean_generation_config(tok, max_new_tokens, [bundle.image_token_id])
+        with _only_generation_config(model, gc):
+            seq = model.generate(**model_inputs(gen), generation_config=gc,
+                                 logits_processor=LogitsProcessorList([sampler]), synced_gpus=synced_gpus)
     finally:
         model.train(was)
-    return _assemble(bundle, reps, gen, seq[:, gen["input_ids"].shape[1]:])
+    return _assemble(bundle, reps, gen, seq[:, gen["input_ids"].shape[1]:], max_new_tokens)
 
 
-def _assemble(bundle, reps: list, gen: dict, resp: torch.Tensor) -> Rollout:
-    """Join the left-padded prompts ``gen`` with response ids ``resp`` Long[B, L'] into a :class:`Rollout`."""
+def _assemble(bundle, reps: list, gen: dict, resp: torch.Tensor, cap: int | None = None) -> Rollout:
+    """Join the left-padded prompts ``gen`` with response ids ``resp`` Long[B, L'] into a :class:`Rollout`.
+    ``cap``: the generation's max_new_tokens (a row of that length without EOS is marked truncated)."""
     tok = bundle.tokenizer
     p = gen["input_ids"].shape[1]
     mask = response_mask_from_ids(resp, tok.eos_token_id)
+    has_eos = (resp == tok.eos_token_id).any(1) if tok.eos_token_id is not None else torch.zeros(
+        resp.shape[0], dtype=torch.bool, device=resp.device)
+    truncated = (~has_eos & (mask.sum(1) >= cap)).cpu() if cap else torch.zeros(resp.shape[0], dtype=torch.bool)
     length = max(int(mask.sum(1).max().item()) if resp.numel() else 0, 1)
     if resp.shape[1] < length:  # empty generation: score one pad token, masked out below
         resp = torch.cat([resp, resp.new_full((resp.shape[0], length - resp.shape[1]), tok.pad_token_id)], 1)
@@ -92,7 +135,7 @@ def _assemble(bundle, reps: list, gen: dict, resp: torch.Tensor) -> Rollout:
     batch["attention_mask"] = torch.cat([gen["attention_mask"], mask.to(gen["attention_mask"].dtype)], dim=1)
     if "mm_token_type_ids" in gen:
         batch["mm_token_type_ids"] = (batch["input_ids"] == bundle.image_token_id).long()
-    return Rollout(reps, texts, batch, resp, mask, p)
+    return Rollout(reps, texts, batch, resp, mask, p, truncated)
 
 
 def rollout_from_texts(bundle, records: list, texts: list[str]) -> Rollout:

@@ -1,0 +1,223 @@
+"""Issue 13: the RL core's defects, each on numbers checkable by hand (KL in the reward, detached critic,
+positional bias of early advantages, sampling == scoring, truncation penalty, uniform groups, VRR query)."""
+import math
+
+import pytest
+import torch
+
+from umedfast.config import ConfigError, PPOConfig, load_config
+from umedfast.rl import gae_advantages, kl_penalty, masked_whiten, token_rewards, value_loss
+from umedfast.train.ppo_step import sequence_reward, uniform_groups
+
+
+# ------------------------------------------------------------------------------------------------ KL in the reward
+def _score_function_gradient(theta, ref_logp, kind):
+    """Exact E_{a~pi}[grad log pi(a) * (-kl_a)]: the gradient a fixed per-token reward -kl_a gives the policy."""
+    logp = torch.log_softmax(theta, 0)
+    p = logp.exp().detach()
+    kl = kl_penalty(logp.detach(), ref_logp, kind)  # a reward: no gradient through it
+    g = torch.zeros_like(theta)
+    for a in range(theta.numel()):
+        (ga,) = torch.autograd.grad(logp[a], theta, retain_graph=True)
+        g += p[a] * ga * (-kl[a])
+    return g
+
+
+def test_k1_in_the_reward_is_the_kl_gradient_and_k3_is_not():
+    # pi = softmax([0, 1, 2]) = (0.090, 0.245, 0.665); ref uniform over 3 actions
+    theta = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    ref = torch.full((3,), -math.log(3.0), dtype=torch.float64)
+    logp = torch.log_softmax(theta, 0)
+    kl = (logp.exp() * (logp - ref)).sum()  # KL(pi || uniform) = log 3 - H(pi)
+    (true,) = torch.autograd.grad(-kl, theta)
+    # by hand: d KL / d theta_i = p_i (log p_i - sum_j p_j log p_j)
+    p = logp.detach().exp()
+    by_hand = -(p * (logp.detach() - (p * logp.detach()).sum()))
+    torch.testing.assert_close(true, by_hand)
+    torch.testing.assert_close(_score_function_gradient(theta, ref, "k1"), true)
+    k3 = _score_function_gradient(theta, ref, "k3")
+    assert (k3 - true).norm() > 0.5 * true.norm()  # k3 as a reward is far from the KL gradient
+
+
+def test_gae_with_k3_is_refused_and_k1_is_the_default():
+    assert PPOConfig().kl_estimator == "k1"
+    with pytest.raises(ConfigError, match="k3"):
+        load_config(None, ["ppo.advantage=gae", "ppo.kl_estimator=k3"])
+    assert load_config(None, ["ppo.advantage=grpo", "ppo.kl_estimator=k3"]).ppo.kl_estimator == "k3"
+    assert load_config("configs/demo.yaml").ppo.kl_estimator == "k1"
+
+
+# ------------------------------------------------------------------------------------------------ critic
+def test_value_loss_unclipped_when_clip_is_off():
+    v, old, ret = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[2.0, 1.0]])
+    m = torch.ones(1, 2)
+    # unclipped: 0.5 * mean((1-2)^2, (0-1)^2) = 0.5
+    assert value_loss(v, old, ret, m, clip_range=0.0).item() == pytest.approx(0.5)
+    # clipped at 0.2: first token max((1-2)^2, (0.2-2)^2) = 3.24 -> 0.5 * (3.24 + 1) / 2 = 1.06
+    assert value_loss(v, old, ret, m, clip_range=0.2).item() == pytest.approx(1.06)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from umedfast.data import splits, synth
+    from umedfast.model import PolicyWithValue, ValueHead, hidden_size, load_vlm
+
+    import tempfile
+    recs = synth.generate(12, tempfile.mkdtemp(), seed=0, image_size=64, style="compact", progress=False)
+    bundle = load_vlm("tiny-llava", seed=0)
+    vh = ValueHead(hidden_size(bundle.base_model))
+    torch.nn.init.normal_(vh.summary.weight, std=0.1)  # a critic that already moved (zero-init gives 0 grads)
+    return recs, bundle, PolicyWithValue(bundle, vh).eval()
+
+
+def test_critic_gradient_never_reaches_the_backbone(tiny):
+    """Backbone gradients are identical with vf_coef 0 and 0.5; the value head gets a gradient only from vf."""
+    from umedfast.train.distributed import Dist
+    from umedfast.train.ppo_step import minibatch_loss
+    from umedfast.train.rollout import policy_outputs, sample_candidates
+
+    recs, bundle, pwv = tiny
+    torch.manual_seed(0)
+    ro = sample_candidates(bundle, recs[:2], k=2, temperature=1.0, top_p=1.0, max_new_tokens=6)
+    m = ro.response_mask
+    adv = torch.randn(m.shape) * m
+    ret = torch.randn(m.shape) * m + 3.0
+
+    def grads(vf_coef):
+        pwv.zero_grad(set_to_none=True)
+        lp, v, ent = policy_outputs(pwv, ro.batch, ro.response_ids, ro.prompt_width, need_entropy=True, k=2,
+                                    bundle=bundle)
+        p = PPOConfig(k=2, vf_coef=vf_coef, ent_coef=0.01)
+        loss, _ = minibatch_loss(p, Dist(), lp, v, ent, lp.detach(), v.detach(), adv, ret, lp.detach(), m)
+        loss.backward()
+        back = {n: q.grad.clone() for n, q in bundle.model.named_parameters() if q.grad is not None}
+        head = pwv.value_head.summary.weight.grad
+        return back, None if head is None else head.clone()
+
+    b0, h0 = grads(0.0)
+    b1, h1 = grads(0.5)
+    assert b0 and set(b0) == set(b1)
+    for n in b0:
+        torch.testing.assert_close(b0[n], b1[n], atol=0, rtol=0)
+    assert h1 is not None and h1.abs().sum() > 0
+    assert h0 is None or h0.abs().sum() == 0
+
+
+# ------------------------------------------------------------------------------------------------ positional bias
+def _first_token_advantages(lam, long_len=80, short_len=35, reward=1.0):
+    """Two answers with the SAME reward, a young critic (V = 0), GAE then whitening: first-token advantages."""
+    L = long_len
+    mask = torch.zeros(4, L)
+    mask[0, :long_len] = mask[1, :short_len] = mask[2, :long_len] = mask[3, :short_len] = 1
+    seq_r = torch.tensor([reward, reward, 0.0, 0.0])  # a second pair with reward 0: whitening has a spread
+    r = token_rewards(seq_r, torch.zeros(4, L), mask, kl_coef=0.1)
+    adv, _ = gae_advantages(r, torch.zeros(4, L), mask, gamma=1.0, lam=lam)
+    return adv[:, 0], masked_whiten(adv, mask)[:, 0]
+
+
+def test_lambda_one_removes_the_positional_bias_of_early_advantages():
+    raw, white = _first_token_advantages(lam=0.95)
+    # by hand: A_0 = lam^(T-1) * R, so 0.95^79 = 0.0174 for the long answer and 0.95^34 = 0.1748 for the short
+    assert raw[:2].tolist() == pytest.approx([0.95 ** 79, 0.95 ** 34], rel=1e-4)
+    assert white[0] < white[1] - 0.2  # the long answer's first token is pushed down whatever its reward
+    raw, white = _first_token_advantages(lam=1.0)
+    assert raw.tolist() == pytest.approx([1.0, 1.0, 0.0, 0.0])  # A_t = R - V_t = R at every position
+    assert white[0].item() == pytest.approx(white[1].item())  # same reward -> same first-token advantage
+    assert PPOConfig().lam == 1.0
+
+
+def test_critic_warmup_updates_only_the_value_head(tiny):
+    from umedfast.train.distributed import Dist
+    from umedfast.train.ppo_step import minibatch_loss
+    from umedfast.train.rollout import policy_outputs, sample_candidates
+
+    recs, bundle, pwv = tiny
+    ro = sample_candidates(bundle, recs[:1], k=2, temperature=1.0, top_p=1.0, max_new_tokens=5)
+    m = ro.response_mask
+    pwv.zero_grad(set_to_none=True)
+    lp, v, ent = policy_outputs(pwv, ro.batch, ro.response_ids, ro.prompt_width, need_entropy=True)
+    loss, _ = minibatch_loss(PPOConfig(k=2), Dist(), lp, v, ent, lp.detach() - 0.1, v.detach(), torch.ones_like(m),
+                             torch.ones_like(m), lp.detach(), m, policy_weight=0.0)
+    loss.backward()
+    assert all(q.grad is None or q.grad.abs().sum() == 0 for q in bundle.model.parameters())
+    assert pwv.value_head.summary.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------ sampling == scoring
+def test_checkpoint_generation_config_does_not_change_rollouts(tiny):
+    """A checkpoint whose generation_config sets a repetition penalty, top-k and suppressed tokens samples exactly
+    what a clean model samples (those processors would make sampling != scoring)."""
+    from umedfast.train.rollout import sample_candidates
+
+    recs, bundle, _ = tiny
+    kw = dict(k=3, temperature=1.0, top_p=1.0, max_new_tokens=12, seed=5, step=2)
+    clean = sample_candidates(bundle, recs[:2], **kw)
+    gc = bundle.model.generation_config
+    saved = gc.to_dict()
+    try:
+        gc.repetition_penalty, gc.top_k, gc.no_repeat_ngram_size = 5.0, 2, 2
+        common = clean.response_ids[clean.response_mask.bool()]
+        frequent = int(torch.mode(common).values)  # the most frequent sampled token
+        gc.suppress_tokens, gc.bad_words_ids = [frequent], [[frequent]]
+        dirty = sample_candidates(bundle, recs[:2], **kw)
+    finally:
+        for key, value in saved.items():
+            setattr(gc, key, value)
+    assert torch.equal(clean.response_ids, dirty.response_ids)
+    assert bundle.model.generation_config.repetition_penalty == saved.get("repetition_penalty")  # restored
+
+
+# ------------------------------------------------------------------------------------------------ truncation
+def test_truncation_flag_and_penalty(tiny):
+    from umedfast.train.rollout import _assemble
+    from umedfast.model import collate_chat
+
+    recs, bundle, _ = tiny
+    tok = bundle.tokenizer
+    gen = collate_chat(bundle, recs[:2], for_generation=True)
+    a = [5, 6, tok.eos_token_id, tok.pad_token_id]  # ends with EOS
+    b = [5, 6, 7, 8]  # hit the cap of 4 without EOS
+    ro = _assemble(bundle, recs[:2], gen, torch.tensor([a, b]), cap=4)
+    assert ro.truncated.tolist() == [False, True]
+    p = PPOConfig(truncation_penalty=0.5)
+    assert sequence_reward(p, torch.tensor([2.0, 2.0]), ro.truncated).tolist() == [2.0, 1.5]
+    assert sequence_reward(PPOConfig(), torch.tensor([2.0, 2.0]), ro.truncated).tolist() == [2.0, 2.0]
+
+
+def test_uniform_groups_by_hand():
+    r = torch.tensor([1.0, 1.0, 1.0, 0.0, 2.0, 2.0])  # K = 3: group 0 all agree, group 1 does not
+    assert uniform_groups(r, 3).tolist() == [True, True, True, False, False, False]
+
+
+# ------------------------------------------------------------------------------------------------ VRR query
+def test_vrr_query_producer_is_one_position_before_the_class_token(tiny):
+    from umedfast.train.aar import class_token_mask
+    from umedfast.train.rollout import rollout_from_texts
+
+    recs, bundle, _ = tiny
+    rec = next(r for r in recs if r.findings)
+    ro = rollout_from_texts(bundle, [rec], [rec.response])
+    labels = [[f["label"] for f in rec.findings]]
+    own = class_token_mask(bundle, ro, labels, "token")
+    prod = class_token_mask(bundle, ro, labels, "producer")
+    assert own.sum() > 0 and torch.equal(prod[:, :-1], own[:, 1:])
+    with pytest.raises(ValueError):
+        class_token_mask(bundle, ro, labels, "next")
+
+
+# ------------------------------------------------------------------------------------------------ span advantages
+def test_span_advantages_credit_the_box_with_alr_only():
+    from umedfast.train.ppo_step import split_box_reward
+
+    # one answer of 5 tokens, box closes at token 1; sequence reward 3 = ALR 1 + rest 2 on the last token
+    mask = torch.ones(1, 5)
+    r = token_rewards(torch.tensor([3.0]), torch.zeros(1, 5), mask, kl_coef=0.0)
+    r2, cut = split_box_reward(r, mask, torch.tensor([1]), torch.tensor([1.0]))
+    assert r2.tolist() == [[0.0, 1.0, 0.0, 0.0, 2.0]] and cut.tolist() == [[False, True, False, False, False]]
+    adv, _ = gae_advantages(r2, torch.zeros(1, 5), mask, 1.0, 1.0, cut=cut)
+    assert adv.tolist() == [[1.0, 1.0, 2.0, 2.0, 2.0]]  # box tokens: ALR; class tokens: the rest
+    adv, _ = gae_advantages(r, torch.zeros(1, 5), mask, 1.0, 1.0)
+    assert adv.tolist() == [[3.0] * 5]  # without the cut every token gets the whole reward
+    # a row without a box is unchanged
+    r3, cut3 = split_box_reward(r, mask, torch.tensor([-1]), torch.tensor([1.0]))
+    assert torch.equal(r3, r) and not cut3.any()
