@@ -11,9 +11,8 @@ optimizer update per step:
   umedfast_grpo    umedfast's loop body with ``advantage=grpo`` (critic-free group baseline, like TRL)
   trl_grpo         TRL's own ``GRPOTrainer.training_step`` (generation, reward, loss, backward) + optimizer step
   umedfast_ppo_gae umedfast's PPO with a value head, GAE and whitening (TRL's GRPOTrainer has no critic)
-  umedfast_grpo_full_fwd  umedfast_grpo with every forward over the full prompt+response of each of the K rows
-                   (no prompt sharing, separate scoring forward): what the step cost before the prompt-sharing and
-                   single-pass changes in umedfast.train.rollout / ppo
+  umedfast_ppo_gae_2ep  the same PPO step with 2 epochs x 2 minibatches (a separate scoring forward; the
+                   clip acts)
 Reported per provider (``extra_info`` and the printed table): samples/s = B / median step time, samples per
 CPU-second (robust to other jobs on a shared box), peak memory (CPU: most bytes torch allocated during one step, from
 the profiler's allocation events, bench/conftest.peak_memory_mb; CUDA: max_memory_allocated), and for umedfast the
@@ -21,16 +20,15 @@ median seconds of each phase. Knobs: UMEDFAST_BENCH_Q / _K / _NEW (sizes), UMEDF
 UMEDFAST_BENCH_THREADS (torch threads during the bench, default 1: on the shared 2-core box under load 2 threads
 made one step 30x slower, see bench/RESULTS.md).
 
-``UmedfastStep`` mirrors one iteration of ``umedfast.train.ppo.run_ppo`` with the same helpers (``run_ppo`` is a whole
-run: data, eval, checkpoints); ``TRLStep`` drives ``GRPOTrainer`` as its ``Trainer`` loop does, minus logging/saving.
+``UmedfastStep`` calls ``umedfast.train.ppo_step.ppo_step``, the function ``run_ppo``'s loop calls once per
+iteration (no copy of the step exists; ``tests/test_bench_smoke.py`` checks it); ``TRLStep`` drives
+``GRPOTrainer`` as its ``Trainer`` loop does, minus logging/saving.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,46 +76,32 @@ def fresh_bundle():
     return load_vlm("tiny-llava", seed=0)
 
 
-class _Phases:
-    """Wall time between consecutive calls, appended to ``store[name]`` (phase breakdown of one step)."""
-
-    def __init__(self, store: dict):
-        self.store, self.t = store, time.perf_counter()
-
-    def __call__(self, name: str) -> None:
-        now = time.perf_counter()
-        self.store.setdefault(name, []).append(now - self.t)
-        self.t = now
-
-
 class UmedfastStep:
-    """One umedfast RL iteration; ``advantage`` "grpo" (critic-free, like TRL) or "gae" (critic/value head)."""
+    """One umedfast RL iteration: THE step of training, ``umedfast.train.ppo_step.ppo_step`` (rollout -> score ->
+    advantages -> update -> stats), on a state built by ``build_state`` as ``run_ppo`` builds it. ``advantage``
+    "grpo" (critic-free, like TRL) or "gae" (critic). Only the sizes and the reward weights are set here."""
 
-    def __init__(self, advantage: str, sizes: StepSizes = StepSizes(), records=None, share_prompt: bool = True):
-        from umedfast.config import PPOConfig
-        from umedfast.model import PolicyWithValue, ValueHead, hidden_size
-        from umedfast.rewards.judge import make_judge
+    def __init__(self, advantage: str, sizes: StepSizes = StepSizes(), records=None, **ppo_overrides):
+        from umedfast.config import load_config
+        from umedfast.train.distributed import Dist
+        from umedfast.train.ppo_step import build_state
 
         self.s = sizes
-        self.share_prompt = share_prompt  # False: full forwards per row, separate scoring forward (the old path)
         self.records = records if records is not None else synth_records()
-        self.bundle = fresh_bundle()
-        self.ref = copy.deepcopy(self.bundle.model).eval().requires_grad_(False)
-        self.vh = ValueHead(hidden_size(self.bundle.base_model))
-        self.pwv = PolicyWithValue(self.bundle, self.vh).eval()
-        # reward = ALR only (w_llm = w_vrr = 0 are not computed), plain IoU (giou_weight 0), as in TRL's run
-        self.cfg = PPOConfig(steps=1, queries_per_step=sizes.queries, k=sizes.k, max_new_tokens=sizes.max_new_tokens,
-                             ppo_epochs=1, minibatch_size=sizes.batch, lr=sizes.lr, advantage=advantage,
-                             kl_coef=sizes.kl_coef, w_llm=0.0, w_vrr=0.0, w_alr=1.0, giou_weight=0.0,
-                             format_penalty=0.0)
-        self.judge = make_judge("rubric")
-        params = [p for p in self.bundle.model.parameters() if p.requires_grad]
-        self.params = params + list(self.vh.parameters())
-        self.opt = torch.optim.AdamW([{"params": params, "lr": sizes.lr},
-                                      {"params": list(self.vh.parameters()), "lr": self.cfg.value_lr}],
-                                     weight_decay=0.0)
+        self.tmp = tempfile.mkdtemp(prefix="umedfast_bench_step_")
+        # reward = ALR only (w_llm = w_vrr = 0 are not computed), plain IoU (giou_weight 0), as in TRL's run;
+        # one epoch over one minibatch and one optimizer update per step, as TRL's GRPOTrainer here
+        over = dict(steps=1, queries_per_step=sizes.queries, k=sizes.k, max_new_tokens=sizes.max_new_tokens,
+                    ppo_epochs=1, minibatch_size=sizes.batch, lr=sizes.lr, advantage=advantage,
+                    kl_coef=sizes.kl_coef, w_llm=0.0, w_vrr=0.0, w_alr=1.0, giou_weight=0.0, format_penalty=0.0,
+                    **ppo_overrides)
+        cfg = load_config(None, [f"output_dir={self.tmp}", "model.name=tiny-llava", "seed=0", "progress=false"]
+                          + [f"ppo.{k}={v}" for k, v in over.items()])
+        self.state = build_state(cfg, Dist(), "cpu")  # tiny-llava seed 0 (no SFT checkpoint under tmp)
+        self.bundle, self.pwv = self.state.bundle, self.state.policy_with_value
+        self.opt = self.state.optimizer
         self.cursor = 0
-        self.phases: dict[str, list[float]] = {}  # phase name -> seconds per call (wall)
+        self.phases: dict[str, list[float]] = {}  # piece of ppo_step -> seconds per call (wall)
 
     def next_queries(self) -> list:
         n = self.s.queries
@@ -126,58 +110,10 @@ class UmedfastStep:
         return out
 
     def __call__(self) -> dict:
-        from umedfast.rl import gae_advantages, group_advantages, kl_penalty, masked_mean, policy_loss, \
-            token_rewards, value_loss
-        from umedfast.train.aar import score_rollout
-        from umedfast.train.ppo import global_whiten
-        from umedfast.train.distributed import Dist
-        from umedfast.train.rollout import policy_outputs, reference_logprobs, sample_candidates
+        from umedfast.train.ppo_step import ppo_step
 
-        p, bundle, t = self.cfg, self.bundle, _Phases(self.phases)
-        ro = sample_candidates(bundle, self.next_queries(), k=p.k, temperature=p.temperature, top_p=p.top_p,
-                               max_new_tokens=p.max_new_tokens)
-        t("generate")
-        mask, resp, pw = ro.response_mask, ro.response_ids, ro.prompt_width
-        k = p.k if self.share_prompt else 1  # k > 1: the prompt runs once per query (umedfast.train.rollout)
-        # as run_ppo: with one epoch over one minibatch the training forward is also the scoring forward
-        single_pass = self.share_prompt and p.ppo_epochs == 1 and p.minibatch_size >= resp.shape[0]
-        with torch.no_grad():
-            if not single_pass:
-                old_lp, old_v, _ = policy_outputs(self.pwv, ro.batch, resp, pw, k=k, bundle=bundle)
-            t("score_fwd")
-            ref_lp = reference_logprobs(self.ref, ro.batch, resp, pw, k=k, bundle=bundle)
-            t("ref_fwd")
-        rw = score_rollout(bundle, ro, self.judge, p)
-        t("rewards")
-        seq_r = rw.combined.total
-        if single_pass:
-            lp, v, ent = policy_outputs(self.pwv, ro.batch, resp, pw, need_entropy=True, k=k, bundle=bundle)
-            old_lp, old_v = lp.detach(), v.detach()
-            t("train_fwd")
-        kl = kl_penalty(old_lp, ref_lp, p.kl_estimator)
-        critic = p.advantage == "gae"
-        if critic:
-            adv, ret = gae_advantages(token_rewards(seq_r, kl, mask, p.kl_coef), old_v, mask, p.gamma, p.lam)
-            adv = global_whiten(adv, mask, Dist())
-        else:
-            adv, ret = group_advantages(seq_r, mask, p.k, p.advantage), None
-        t("advantages")
-        if not single_pass:
-            lp, v, ent = policy_outputs(self.pwv, ro.batch, resp, pw, need_entropy=True, k=k, bundle=bundle)
-        pg, _ = policy_loss(lp, old_lp, adv, mask, p.clip_eps)
-        loss = pg
-        if critic:
-            loss = loss + p.vf_coef * value_loss(v, old_v, ret, mask, p.value_clip)
-        else:
-            loss = loss + p.kl_coef * masked_mean(kl_penalty(lp, ref_lp, "k3"), mask)
-        t("train_fwd" if not single_pass else "loss")
-        loss.backward()
-        t("backward")
-        torch.nn.utils.clip_grad_norm_(self.params, p.max_grad_norm)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        t("optimizer")
-        return {"samples": resp.shape[0], "reward": float(seq_r.mean()), "resp_len": float(mask.sum(1).mean())}
+        row = ppo_step(self.state, self.next_queries(), step=self.cursor, phases=self.phases)
+        return {"samples": self.s.batch, "reward": row["reward"], "resp_len": row["resp_len"]}
 
 
 def trl_available() -> str | None:
@@ -274,7 +210,7 @@ def _bench_conftest():
 _bc = _bench_conftest()
 device_name, peak_memory_mb = _bc.device_name, _bc.peak_memory_mb
 
-PROVIDERS = ["umedfast_grpo", "trl_grpo", "umedfast_ppo_gae", "umedfast_grpo_full_fwd"]
+PROVIDERS = ["umedfast_grpo", "trl_grpo", "umedfast_ppo_gae", "umedfast_ppo_gae_2ep"]
 ROUNDS = int(os.environ.get("UMEDFAST_BENCH_ROUNDS", 5))
 THREADS = int(os.environ.get("UMEDFAST_BENCH_THREADS", 1))
 _RESULTS: dict[str, dict] = {}
@@ -286,8 +222,9 @@ def make_step(provider: str):
         if reason:
             pytest.skip(reason)
         return TRLStep()
-    return UmedfastStep("gae" if provider == "umedfast_ppo_gae" else "grpo",
-                        share_prompt=not provider.endswith("_full_fwd"))
+    if provider == "umedfast_ppo_gae_2ep":
+        return UmedfastStep("gae", ppo_epochs=2, minibatch_size=StepSizes().batch // 2)
+    return UmedfastStep("gae" if provider == "umedfast_ppo_gae" else "grpo")
 
 
 @pytest.fixture(scope="module")

@@ -163,13 +163,16 @@ def test_ablation_run_commands_resolve_in_the_training_cli(tmp_path, capsys):
 
     cfgs = {k: resolve(build_parser().parse_args(argv)) for k, argv in
             ablation_commands(tmp_path, None, ["sft.epochs=1"])}
-    assert list(cfgs) == ["wo_aar", "full", "wo_vrr", "wo_alr"]  # SFT first: the PPO runs start from it
+    rows = ["rel_only", "wo_vrr", "wo_alr", "full"]  # the paper's Table 6 rows, 3 PPO seeds each
+    assert list(cfgs) == ["wo_aar"] + [f"{r}/seed{s}" for r in rows for s in (0, 1, 2)]  # SFT first
     assert cfgs["wo_aar"].stage == "sft" and cfgs["wo_aar"].output_dir == str(tmp_path / "wo_aar")
     sft_final = str(tmp_path / "wo_aar" / "sft" / "final")
-    assert all(cfgs[k].stage == "ppo" and cfgs[k].ppo.init_from == sft_final for k in ("full", "wo_vrr", "wo_alr"))
-    assert (cfgs["full"].ppo.w_vrr, cfgs["full"].ppo.w_alr) == (1.0, 1.0)
-    assert (cfgs["wo_vrr"].ppo.w_vrr, cfgs["wo_vrr"].ppo.w_alr) == (0.0, 1.0)
-    assert (cfgs["wo_alr"].ppo.w_vrr, cfgs["wo_alr"].ppo.w_alr) == (1.0, 0.0)
+    for k, c in cfgs.items():
+        if k != "wo_aar":
+            assert c.stage == "ppo" and c.ppo.init_from == sft_final and c.seed == int(k[-1])
+            assert c.output_dir == str(tmp_path / k)
+    weights = {r: (cfgs[f"{r}/seed0"].ppo.w_alr, cfgs[f"{r}/seed0"].ppo.w_vrr) for r in rows}
+    assert weights == {"rel_only": (0.0, 0.0), "wo_vrr": (1.0, 0.0), "wo_alr": (0.0, 1.0), "full": (1.0, 1.0)}
     # with every eval.json present, --run trains nothing and prints Table 6
     for k in cfgs:
         d = tmp_path / k / ("sft" if k == "wo_aar" else "ppo")
@@ -178,6 +181,23 @@ def test_ablation_run_commands_resolve_in_the_training_cli(tmp_path, capsys):
     assert main(["ablation", "--root", str(tmp_path), "--run"]) == 0
     captured = capsys.readouterr()
     assert "not retraining" in captured.err and "w/o VRR" in captured.out
+
+
+def test_pooled_paired_deltas_by_hand():
+    from umedfast.eval.ablation import pooled_deltas
+
+    def preds(correct, iou):
+        return {str(i): {"correct": c, "iou": u, "iou50": (u or 0) >= 0.5} for i, (c, u) in enumerate(zip(correct, iou))}
+
+    sft = preds([1, 0, 0, 1], [0.5, 0.2, None, 0.4])
+    s0 = preds([1, 1, 0, 1], [0.6, 0.4, None, 0.4])  # acc +0.25, IoU +(0.1 + 0.2 + 0) / 3
+    s1 = preds([1, 0, 0, 0], [0.5, 0.2, None, 0.1])  # acc -0.25, IoU -(0.3) / 3
+    d = {x.metric: x for x in pooled_deltas(sft, [s0, s1], n_boot=200)}
+    assert d["accuracy"].delta == pytest.approx(0.0) and d["accuracy"].n == 4
+    assert d["mean_iou"].delta == pytest.approx((0.3 - 0.3) / 3 / 2 + 0.0, abs=1e-9) and d["mean_iou"].n == 3
+    assert d["accuracy"].p_value == 1.0  # one discordant pair each way
+    d = {x.metric: x for x in pooled_deltas(sft, [s0], n_boot=200)}
+    assert d["mean_iou"].delta == pytest.approx(0.1) and d["accuracy"].delta == pytest.approx(0.25)
 
 
 def test_default_row_names_never_collide():
@@ -228,30 +248,32 @@ def test_run_generalization_split_prints_held_out_columns(synth_data, tmp_path, 
 
 
 def test_ablation_run_trains_all_four_end_to_end_and_resumes_a_crashed_one(tmp_path):
-    """``ablation --run`` really trains: SFT once, three PPO runs from it with their reward switched off, Table 6.
-    A run whose eval.json is missing (as after a crash) is resumed, not refused as a used directory."""
+    """``ablation --run`` really trains: SFT once, PPO rows from it with their reward switched off, Table 6 with
+    pooled paired intervals. A run whose eval.json is missing (as after a crash) is resumed, not refused."""
     from _train_helpers import TINY, env, metrics
 
     ppo = ["ppo.steps=1", "ppo.queries_per_step=2", "ppo.k=2", "ppo.max_new_tokens=8", "ppo.minibatch_size=2",
            "ppo.ppo_epochs=1", "sft.max_steps=2"]
-    cmd = [sys.executable, "-m", "umedfast.eval.cli", "ablation", "--root", str(tmp_path), "--run", *TINY, *ppo]
+    cmd = [sys.executable, "-m", "umedfast.eval.cli", "ablation", "--root", str(tmp_path), "--run", "--seeds", "0",
+           "--rows", "full,wo_vrr,wo_alr", *TINY, *ppo]
     p = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
     for key in ("full", "wo_vrr", "wo_alr"):
-        assert (tmp_path / key / "ppo" / "eval.json").is_file()
-        rows = [r for r in metrics(tmp_path / key / "ppo" / "metrics.jsonl") if "reward" in r]
+        assert (tmp_path / key / "seed0" / "ppo" / "eval.json").is_file()
+        rows = [r for r in metrics(tmp_path / key / "seed0" / "ppo" / "metrics.jsonl") if "reward" in r]
         assert [r["step"] for r in rows] == [1]
-    assert metrics(tmp_path / "wo_vrr" / "ppo" / "metrics.jsonl")[0]["vrr"] == 0.0  # not even computed
+    assert metrics(tmp_path / "wo_vrr" / "seed0" / "ppo" / "metrics.jsonl")[0]["vrr"] == 0.0  # not even computed
     from umedfast.config import load_config
 
     weights = {k: (c.ppo.w_alr, c.ppo.w_vrr) for k in ("full", "wo_vrr", "wo_alr")
-               for c in [load_config(tmp_path / k / "config.yaml")]}  # the resolved config each run trained with
+               for c in [load_config(tmp_path / k / "seed0" / "config.yaml")]}  # the config each run trained with
     assert weights == {"full": (1.0, 1.0), "wo_vrr": (1.0, 0.0), "wo_alr": (0.0, 1.0)}
     assert "w/o VRR" in p.stdout and "w/o ALR" in p.stdout
-    (tmp_path / "wo_alr" / "ppo" / "eval.json").unlink()
+    assert "pooled over PPO seeds" in p.stdout and "PPO, full AAR" in p.stdout
+    (tmp_path / "wo_alr" / "seed0" / "ppo" / "eval.json").unlink()
     p = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
-    assert "training wo_alr" in p.stderr and p.stderr.count("not retraining") == 3
-    assert (tmp_path / "wo_alr" / "ppo" / "eval.json").is_file()
-    rows = [r for r in metrics(tmp_path / "wo_alr" / "ppo" / "metrics.jsonl") if "reward" in r]
+    assert "training wo_alr/seed0" in p.stderr and p.stderr.count("not retraining") == 3
+    assert (tmp_path / "wo_alr" / "seed0" / "ppo" / "eval.json").is_file()
+    rows = [r for r in metrics(tmp_path / "wo_alr" / "seed0" / "ppo" / "metrics.jsonl") if "reward" in r]
     assert [r["step"] for r in rows] == [1]  # resumed at its last step: nothing trained twice

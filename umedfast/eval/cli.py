@@ -4,8 +4,9 @@
                 [--generalization category|source|modality [--held-out A,B]] [--judge rubric|openai ...]
                 [--report DIR] [--out DIR]                                  -> Table 2 (and Tables 7-9 layout)
   umedfast-eval table EVAL.json|DIR ... [--names a,b] [--group source|modality|label]
-  umedfast-eval ablation --root DIR [--run --config FILE key=value ...]
+  umedfast-eval ablation --root DIR [--run --config FILE [--seeds 0,1,2] [--rows ...] key=value ...]
                          | --full DIR --wo-vrr DIR --wo-alr DIR --wo-aar DIR                   -> Table 6
+                         (pooled paired 95% intervals of each PPO row over its seeds vs SFT)
   umedfast-eval bench --checkpoint DIR --benchmark vqa_rad|slake|pmc_vqa|pneumoniamnist --root DIR
   umedfast-eval report --eval DIR [--metrics FILE.jsonl] [--checkpoint DIR] --out DIR
   umedfast-eval compare RUN_A RUN_B [--names a,b] [--json FILE]   -> paired B - A with 95% intervals, McNemar p
@@ -147,65 +148,94 @@ def cmd_table(a) -> int:
     return 0
 
 
-# How each ablation run is trained (umedfast-train arguments). w/o AAR is the SFT model; the three PPO runs start
-# from its final checkpoint, so SFT is trained once.
-ABLATION_TRAIN = {
-    "wo_aar": ["--stage", "sft"],
-    "full": ["--stage", "ppo"],
-    "wo_vrr": ["--stage", "ppo", "--no-vrr"],
-    "wo_alr": ["--stage", "ppo", "--no-alr"],
-}
+# Table 6 (umedfast.eval.ablation): w/o AAR is the SFT model, trained once; every PPO row starts from its final
+# checkpoint, once per PPO seed (DIR/<row>/seed<S>), and is compared with it paired over the same test images.
+def ablation_commands(root, config: str | None, overrides=(), seeds=(0, 1, 2),
+                      rows=None) -> list[tuple[str, list[str]]]:
+    """(run name, argv for `python -m umedfast.cli`) for SFT then every PPO row x seed (``rows``: PPO row keys of
+    ``umedfast.eval.ablation.ROWS``, default all four)."""
+    from umedfast.eval.ablation import PPO_ROWS, ROWS, run_dir
 
-
-def ablation_commands(root, config: str | None, overrides=()) -> list[tuple[str, list[str]]]:
-    """(run key, argv for `python -m umedfast.cli`) for the four ablation runs, SFT first."""
     root = Path(root)
-    sft_final = root / "wo_aar" / "sft" / "final"
-    out = []
-    for key in ("wo_aar", "full", "wo_vrr", "wo_alr"):
-        # --resume: a run that crashed before writing eval.json continues from its checkpoint (or starts fresh)
-        argv = ([f"--config={config}"] if config else []) + ABLATION_TRAIN[key] + [f"--output-dir={root / key}",
-                                                                                   "--resume"]
-        if key != "wo_aar":
-            argv.append(f"ppo.init_from={sft_final}")
-        out.append((key, argv + list(overrides)))
+    sft_final = run_dir(root, "wo_aar", None) / "sft" / "final"
+    # --resume: a run that crashed before writing eval.json continues from its checkpoint (or starts fresh)
+    base = ([f"--config={config}"] if config else [])
+    out = [("wo_aar", base + ROWS["wo_aar"][1] + [f"--output-dir={run_dir(root, 'wo_aar', None)}", "--resume",
+                                                  *overrides])]
+    for key in rows or PPO_ROWS:
+        for seed in seeds:
+            out.append((f"{key}/seed{seed}", base + ROWS[key][1] + [
+                f"--output-dir={run_dir(root, key, seed)}", "--resume", f"ppo.init_from={sft_final}", *overrides,
+                f"seed={seed}"]))
     return out
 
 
-def run_ablations(root, config: str | None, overrides=()) -> None:
+def _share_data(root: Path, out_dir: Path) -> None:
+    """Link the SFT run's generated MAU-Synth folders (data/, data_eval/) into a PPO run's output directory, so
+    every run trains and evaluates on the same files without generating them again."""
+    for name in ("data", "data_eval"):
+        src, dst = root / "wo_aar" / name, out_dir / name
+        if src.is_dir() and not dst.exists():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(src.resolve(), target_is_directory=True)
+
+
+def run_ablations(root, config: str | None, overrides=(), seeds=(0, 1, 2), rows=None) -> None:
     """Train the ablation runs whose eval.json is missing (umedfast-train in a subprocess each, with its progress)."""
     import subprocess
 
-    for key, argv in ablation_commands(root, config, overrides):
+    from umedfast.eval.ablation import run_dir
+
+    for name, argv in ablation_commands(root, config, overrides, seeds, rows):
+        key, _, seed = name.partition("/seed")
+        out_dir = run_dir(root, key, int(seed) if seed else None)
         try:
-            T.load_eval(Path(root) / key)
-            print(f"[umedfast-eval] {key}: eval.json present, not retraining", file=sys.stderr)
+            T.load_eval(out_dir)
+            print(f"[umedfast-eval] {name}: eval.json present, not retraining", file=sys.stderr)
             continue
         except FileNotFoundError:
             pass
+        if key != "wo_aar":
+            _share_data(Path(root), out_dir)
         cmd = [sys.executable, "-m", "umedfast.cli", *argv]
-        print(f"[umedfast-eval] training {key}: {' '.join(cmd)}", file=sys.stderr)
+        print(f"[umedfast-eval] training {name}: {' '.join(cmd)}", file=sys.stderr)
         rc = subprocess.run(cmd).returncode
         if rc != 0:
-            raise SystemExit(f"ablation run {key} failed (exit {rc}); command: {' '.join(cmd)}")
+            raise SystemExit(f"ablation run {name} failed (exit {rc}); command: {' '.join(cmd)}")
 
 
 def cmd_ablation(a) -> int:
+    seeds = tuple(int(x) for x in a.seeds.split(",") if x.strip())
+    rows = [r.strip() for r in a.rows.split(",")] if a.rows else None
     if a.run:
         if not a.root:
-            raise SystemExit("--run needs --root DIR (the runs go to DIR/full, DIR/wo_vrr, DIR/wo_alr, DIR/wo_aar)")
-        run_ablations(a.root, a.config, a.overrides)
+            raise SystemExit("--run needs --root DIR (SFT goes to DIR/wo_aar, PPO rows to DIR/<row>/seed<S>)")
+        run_ablations(a.root, a.config, a.overrides, seeds, rows)
+    if a.root and (Path(a.root) / "wo_aar").is_dir():
+        from umedfast.eval.ablation import ablation_report
+
+        try:
+            text, data = ablation_report(a.root)
+            print(text, end="\n\n")
+            if a.json:
+                Path(a.json).write_text(json.dumps(data, indent=2))
+        except FileNotFoundError as e:  # eval.json only (no predictions): the plain tables below still print
+            print(f"[umedfast-eval] no paired table: {e}", file=sys.stderr)
     runs = {}
     for key, _label in T.ABLATION_ROWS:
-        path = getattr(a, key) or (Path(a.root) / key if a.root else None)
+        path = getattr(a, key, None) or (Path(a.root) / key if a.root else None)
         if path is None:
             continue
         try:
+            if a.root and not getattr(a, key, None):
+                from umedfast.eval.ablation import seed_dirs
+                found = seed_dirs(a.root, key)
+                path = found[0] if found else path  # the first seed's run stands for the row in the plain tables
             runs[key] = T.load_eval(path)
         except FileNotFoundError as e:
             print(f"[umedfast-eval] skipping {key}: {e}", file=sys.stderr)
     if not runs:
-        raise SystemExit("no ablation results found: give --root DIR (with full/ wo_vrr/ wo_alr/ wo_aar/) or the "
+        raise SystemExit("no ablation results found: give --root DIR (with wo_aar/ and <row>/seed<S>/) or the "
                          "per-run directories")
     for metric in METRICS:
         print(T.render_text(T.ablation_table(runs, metric=metric)), end="\n\n")
@@ -294,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         ab.add_argument(f"--{key.replace('_', '-')}", dest=key, help=f"output directory or eval.json of {label}")
     ab.add_argument("--run", action="store_true", help="train the runs whose eval.json is missing first")
     ab.add_argument("--config", help="umedfast-train YAML config for --run")
+    ab.add_argument("--seeds", default="0,1,2", help="PPO seeds per row for --run (comma-separated)")
+    ab.add_argument("--rows", help="PPO rows for --run (default all: rel_only,wo_vrr,wo_alr,full)")
+    ab.add_argument("--json", help="also write the pooled paired table as JSON here")
     ab.add_argument("overrides", nargs="*", metavar="key=value", help="extra umedfast-train overrides for --run")
     ab.set_defaults(func=cmd_ablation)
 

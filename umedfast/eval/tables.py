@@ -18,7 +18,7 @@ PAPER_SOURCES = ("deeplesion", "kidneystone", "kvasir", "nih", "tbx11k")
 DISPLAY = {"deeplesion": "DeepLesion", "kidneystone": "KidneyStone", "kvasir": "KVASIR", "nih": "NIH",
            "tbx11k": "TBX11K"}
 ABLATION_ROWS = (("full", "UMed-LVLM (full AAR)"), ("wo_vrr", "w/o VRR"), ("wo_alr", "w/o ALR"),
-                 ("wo_aar", "w/o AAR (SFT only)"))
+                 ("rel_only", "w/o ALR and VRR"), ("wo_aar", "w/o AAR (SFT only)"))
 GROUP_KEYS = {"source": "per_source", "modality": "per_modality", "label": "per_label", "category": "per_label"}
 METRIC_NAMES = {"accuracy": "diagnosis accuracy", "mean_iou": "mean IoU", "acc_iou50": "accuracy at IoU>=0.5",
                 "format_ok": "format validity"}
