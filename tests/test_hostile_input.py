@@ -17,7 +17,7 @@ from PIL import Image
 from _train_helpers import env
 
 
-def _run(module, *args, cwd=None, timeout=120):
+def _run(module, *args, cwd=None, timeout=600):
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], env=env(), capture_output=True, text=True,
                           timeout=timeout, cwd=cwd)
 
@@ -399,3 +399,12 @@ def test_data_synth_out_is_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     err = one_line_error(data("synth", "--n", "2", "--image-size", "32", "--out", tmp_path / "f"))
     assert "umedfast-data synth: error:" in err
+
+
+def test_train_batch_larger_than_the_data_is_one_line(tmp_path):
+    from _train_helpers import TINY
+
+    one_line_error_last = train("--output-dir", tmp_path / "o", "--stage", "sft", *TINY, "sft.batch_size=1000")
+    err = one_line_error_last.stderr.strip().splitlines()
+    assert one_line_error_last.returncode == 2 and "Traceback" not in one_line_error_last.stderr
+    assert "cannot fill one optimizer step" in err[-1] and "lower sft.batch_size" in err[-1]  # (INFO logs above)

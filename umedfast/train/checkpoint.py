@@ -66,8 +66,10 @@ class EpochOrder:
 
     def load_state_dict(self, s: dict) -> None:
         if s["n"] != self.n or s["seed"] != self.seed:
-            raise ValueError(f"checkpoint was taken on {s['n']} records with seed {s['seed']}, this run has "
-                             f"{self.n} with seed {self.seed}: the data changed, cannot resume")
+            from umedfast.errors import UserError
+
+            raise UserError(f"checkpoint was taken on {s['n']} records with seed {s['seed']}, this run has "
+                            f"{self.n} with seed {self.seed}: the data changed, cannot resume")
         self.epoch, self.pos = int(s["epoch"]), int(s["pos"])
 
 

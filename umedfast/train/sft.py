@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from umedfast.config import TrainConfig
+from umedfast.errors import UserError
 from umedfast.train.checkpoint import EpochOrder, latest_checkpoint, load_training_state, save_training_state
 from umedfast.train.common import (autocast, load_policy, load_records, resolve_device, seed_everything,
                                    trainable, warmup_cosine)
@@ -67,6 +68,15 @@ def evaluate(cfg: TrainConfig, bundle, held: list, out_path: Path, d: Dist, max_
     return metrics
 
 
+def _stop_agreed(d: Dist) -> bool:
+    """Ctrl-C seen by any rank (torchrun delivers it to each at slightly different steps): all ranks stop together,
+    so the checkpoint's collectives line up."""
+    stop = stop_requested()
+    if d.world > 1:
+        stop = float(all_reduce_sum(torch.tensor(float(stop)), d)) > 0
+    return stop
+
+
 def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict:
     """Train stage 1 and return ``{"steps", "eval", "summary"}``."""
     from umedfast.model import collate_chat, model_inputs, save_checkpoint
@@ -86,8 +96,9 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
     order = EpochOrder(len(train), seed=cfg.seed)
     per_epoch = order.batches_per_epoch(micro) // s.grad_accum
     if per_epoch == 0:
-        raise ValueError(f"{len(train)} training records cannot fill one optimizer step of "
-                         f"{micro * s.grad_accum} records (batch_size x world x grad_accum)")
+        raise UserError(f"{len(train)} training records cannot fill one optimizer step of "
+                        f"{micro * s.grad_accum} records (sft.batch_size x processes x sft.grad_accum): lower "
+                        "sft.batch_size or add data")
     total = per_epoch * s.epochs
     if s.max_steps:
         total = min(total, s.max_steps)
@@ -144,12 +155,13 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
             if last_eval is not None:
                 log.log(step, {f"eval_{k}": v for k, v in last_eval.items() if isinstance(v, (int, float))})
         saved = None
-        if (s.save_every and step % s.save_every == 0) or step == total or stop_requested():
+        stop = _stop_agreed(d)
+        if (s.save_every and step % s.save_every == 0) or step == total or stop:
             # Ctrl-C: checkpoint at this step boundary (model, optimizer, scheduler and data order agree), then stop
             m_, o_, _ = checkpoint_views(model, opt, d)
             saved = save_training_state(run_dir, step, model=m_, optimizer=o_, scheduler=sched, order=order, d=d,
                                         extra={"eval": last_eval})
-        if stop_requested() and step < total:
+        if stop and step < total:
             bar.close()
             log.close()
             raise Interrupted("sft", step, saved)
