@@ -3,7 +3,8 @@
 Run: ``python -m pytest bench/bench_ppo_step.py --benchmark-only -s`` (TRL: ``pip install trl==1.16.0``, the
 ``bench`` extra; without it the TRL provider is skipped with the reason).
 
-Providers, side by side in one run, all on the same tiny LLaVA (``load_vlm("tiny-llava", seed=0)``), the same
+Providers, side by side in one run, all on the same model (``load_vlm(MODEL, seed=0)``: the tiny LLaVA, or
+``UMEDFAST_BENCH_MODEL=smollm2-llava`` for the real 49k-vocabulary LM), the same
 MAU-Synth records (compact style, 112 px), the same K / max_new_tokens / batch (the demo's: 4 queries x K=8,
 48 new tokens, sampling at temperature 1), the same reward (ALR = IoU of the written box via
 ``umedfast.rewards.alr``), the same KL coefficient against a frozen reference copy, AdamW, grad-clip 1.0 and ONE
@@ -35,6 +36,10 @@ from pathlib import Path
 import torch
 
 SYNTH_N = 64
+# Second size: UMEDFAST_BENCH_MODEL=smollm2-llava runs every provider on the real SmolLM2-135M LM (49,153-token
+# vocabulary, GQA 9/3 heads; docs/models.md) instead of the tiny LLaVA (816 tokens), to see whether the advantage
+# holds at a real vocabulary.
+MODEL = os.environ.get("UMEDFAST_BENCH_MODEL", "tiny-llava")
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ def iou_reward(text: str, record) -> float:
 def fresh_bundle():
     from umedfast.model import load_vlm
 
-    return load_vlm("tiny-llava", seed=0)
+    return load_vlm(MODEL, seed=0)
 
 
 class UmedfastStep:
@@ -95,9 +100,9 @@ class UmedfastStep:
                     ppo_epochs=1, minibatch_size=sizes.batch, lr=sizes.lr, advantage=advantage,
                     kl_coef=sizes.kl_coef, w_llm=0.0, w_vrr=0.0, w_alr=1.0, giou_weight=0.0, format_penalty=0.0,
                     **ppo_overrides)
-        cfg = load_config(None, [f"output_dir={self.tmp}", "model.name=tiny-llava", "seed=0", "progress=false"]
+        cfg = load_config(None, [f"output_dir={self.tmp}", f"model.name={MODEL}", "seed=0", "progress=false"]
                           + [f"ppo.{k}={v}" for k, v in over.items()])
-        self.state = build_state(cfg, Dist(), "cpu")  # tiny-llava seed 0 (no SFT checkpoint under tmp)
+        self.state = build_state(cfg, Dist(), "cpu")  # MODEL, seed 0 (no SFT checkpoint under tmp)
         self.bundle, self.pwv = self.state.bundle, self.state.policy_with_value
         self.opt = self.state.optimizer
         self.cursor = 0
@@ -234,7 +239,8 @@ def bench_threads():
     yield THREADS
     torch.set_num_threads(before)
     if _RESULTS:
-        print(f"\nRL step, {device_name('cpu')}, B={StepSizes().batch} max_new_tokens={StepSizes().max_new_tokens}")
+        print(f"\nRL step, {MODEL}, {device_name('cpu')}, B={StepSizes().batch} "
+              f"max_new_tokens={StepSizes().max_new_tokens}")
         print("| provider | median s/step | samples/s | samples/CPU-s | peak MB | x vs trl_grpo |")
         print("|---|---|---|---|---|---|")
         base = _RESULTS.get("trl_grpo", {}).get("samples_per_s")
@@ -271,6 +277,6 @@ def test_rl_step(benchmark, provider, bench_threads):
     if isinstance(step, UmedfastStep):
         res["phases"] = {k: sorted(v)[len(v) // 2] for k, v in step.phases.items()}
     _RESULTS[provider] = res
-    benchmark.extra_info.update(device=device_name("cpu"), torch=torch.__version__, threads=THREADS,
+    benchmark.extra_info.update(model=MODEL, device=device_name("cpu"), torch=torch.__version__, threads=THREADS,
                                 batch=StepSizes().batch, k=StepSizes().k, max_new_tokens=StepSizes().max_new_tokens,
                                 **{k: v for k, v in res.items() if k != "median_s"})
