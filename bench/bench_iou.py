@@ -196,7 +196,9 @@ def side_by_side(threads=(1, 2), rounds: int = 21) -> list[dict]:
                         continue
                     plain[name] = (_median_ms(fn, (a, b), max(5, rounds // 3), time.perf_counter),
                                    _median_ms(fn, (a, b), max(5, rounds // 3), time.thread_time))
-                for variant in variants or ["fallback"]:
+                # an old _C without the variant ops: one unnamed compiled variant (its target_clones pick)
+                for variant in variants or (["compiled, variant not exposed"] if ops.has_compiled_ops() else
+                                            ["fallback"]):
                     if variants:
                         ops.cpu_kernel_variant(variant)
                     wall = _median_ms(providers["umedfast"], (a, b), rounds, time.perf_counter)

@@ -65,11 +65,6 @@ UMEDFAST_HD double pow2_recip(double span) {
 #endif
 }
 
-// Smallest positive normal number of Acc (std::numeric_limits<Acc>::min(), spelled out so nvcc needs no <limits>).
-template <class Acc> UMEDFAST_HD Acc tiny_();
-template <> UMEDFAST_HD float tiny_<float>() { return 1.17549435082228750797e-38f; }
-template <> UMEDFAST_HD double tiny_<double>() { return 2.22507385850720138309e-308; }
-
 // IoU (or GIoU) of box a = (ax1, ay1, ax2, ay2) and box b, computed in Acc (float or double).
 //   IoU  = inter / union, 0 when union == 0 (both boxes empty) or when any coordinate is NaN/inf.
 //   GIoU = IoU - (C - union) / C with C the area of the smallest box enclosing both (taken from the raw corners);
@@ -84,35 +79,56 @@ template <> UMEDFAST_HD double tiny_<double>() { return 2.22507385850720138309e-
 //     C == 0 (then union == 0 too);
 //   - non-finite inputs are not tested with a select: `probe` (0 for finite inputs, NaN otherwise) is added to the
 //     result before the clamp, and the clamp sends NaN to the bottom of the range (IoU 0, GIoU -1).
+// Smallest positive normal number of Acc (std::numeric_limits<Acc>::min(), spelled out so nvcc needs no <limits>).
+template <class Acc> UMEDFAST_HD Acc tiny_();
+template <> UMEDFAST_HD float tiny_<float>() { return 1.17549435082228750797e-38f; }
+template <> UMEDFAST_HD double tiny_<double>() { return 2.22507385850720138309e-308; }
+
 // Every finite Acc x with x == 0 or 2^-40 <= |x| <= 2^40 is "plain-safe": for boxes whose eight coordinates are all
 // plain-safe, IoU / GIoU need neither the rescaling nor the finiteness probe. Every nonzero difference of two such
 // numbers is a multiple of 2^-63 (float; 2^-92 double) and at most 2^41, so widths, areas (>= 2^-126 when nonzero,
 // <= 2^82) and their sums stay normal and finite, and a power-of-two scale would not change a single rounding.
-// CPU kernels test this per block and then run the cheaper plain formula (same results up to ~1e-38 absolute).
+// The CPU pairwise kernel tests this per row / once for b and then runs plain_iou_unclamped (same results up to ~1e-38
+// absolute).
 template <class Acc> UMEDFAST_HD bool plain_safe(Acc x) {
   const Acc ax = max_(x, -x);  // |x|; NaN stays NaN and fails every test below
   // Non-short-circuit & and | so that loops over it vectorize. 2^40 and 2^-40:
   return (ax <= Acc(1099511627776.0)) & ((ax >= Acc(9.094947017729282379e-13)) | (ax == Acc(0)));
 }
 
+// Area of a box with plain-safe coordinates (0 when empty or inverted).
+template <class Acc> UMEDFAST_HD Acc plain_area(Acc x1, Acc y1, Acc x2, Acc y2) {
+  return max_(x2 - x1, Acc(0)) * max_(y2 - y1, Acc(0));
+}
+
+// IoU of two boxes with plain-safe coordinates, their plain_area()s given (a pairwise loop computes each once),
+// before the final min(., 1) (rounding, e.g. an FMA, can put it 1 ulp above 1; like clamp_overlap, apply it after any
+// narrowing conversion). Never NaN: union >= inter, and union == 0 only when inter == 0, so inter / max(union, tiny)
+// is exact for every union > 0 (union >= 2^-126 then) and 0 for union == 0, with no select after the division.
+template <class Acc>
+UMEDFAST_HD Acc plain_iou_unclamped(Acc ax1, Acc ay1, Acc ax2, Acc ay2, Acc area_a, Acc bx1, Acc by1, Acc bx2,
+                                    Acc by2, Acc area_b) {
+  const Acc iw = max_(min_(ax2, bx2) - max_(ax1, bx1), Acc(0));
+  const Acc ih = max_(min_(ay2, by2) - max_(ay1, by1), Acc(0));
+  const Acc inter = iw * ih;
+  const Acc uni = area_a + area_b - inter;
+  return inter / max_(uni, tiny_<Acc>());
+}
+
 // The overlap before its final clamp: NaN stands for "bottom of the range" (0/0, non-finite input, overflow).
 // Kernels that narrow the result (double -> float) clamp after the conversion (clamp_overlap), which gives the same
 // value (0, 1 and -1 are exact in float and rounding is monotonic) and keeps the conversion unconditional.
-// kPlainIoU = true skips the rescaling and the finiteness probe of IoU: only for plain-safe coordinates (see above).
-// GIoU ignores it (without the scale, GCC threads the C == 0 case into a branch and the loop stays scalar).
-template <Overlap kOp, class Acc, bool kPlainIoU = false>
+template <Overlap kOp, class Acc>
 UMEDFAST_HD Acc box_overlap_unclamped(Acc ax1, Acc ay1, Acc ax2, Acc ay2, Acc bx1, Acc by1, Acc bx2, Acc by2) {
-  constexpr bool kPlain = kPlainIoU && kOp == Overlap::kIoU;
   const Acc zero(0), one(1);
   // x * 0 is 0 for finite x and NaN for inf/NaN: one probe for all eight coordinates.
-  const Acc probe = kPlain ? zero
-                           : ax1 * zero + ay1 * zero + ax2 * zero + ay2 * zero + bx1 * zero + by1 * zero +
-                                 bx2 * zero + by2 * zero;
+  const Acc probe = ax1 * zero + ay1 * zero + ax2 * zero + ay2 * zero + bx1 * zero + by1 * zero + bx2 * zero +
+                    by2 * zero;
 
   const Acc span_x = max_(ax2, bx2) - min_(ax1, bx1);
   const Acc span_y = max_(ay2, by2) - min_(ay1, by1);
-  const Acc sx = kPlain ? one : pow2_recip(span_x);
-  const Acc sy = kPlain ? one : pow2_recip(span_y);
+  const Acc sx = pow2_recip(span_x);
+  const Acc sy = pow2_recip(span_y);
 
   const Acc aw = max_(ax2 - ax1, zero) * sx, ah = max_(ay2 - ay1, zero) * sy;
   const Acc bw = max_(bx2 - bx1, zero) * sx, bh = max_(by2 - by1, zero) * sy;

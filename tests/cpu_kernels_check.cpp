@@ -27,8 +27,8 @@ int main() {
   double sp[][8] = {{0,0,0,0,0,0,0,0},{1,1,0,0,0,0,1,1},{0,0,1,1,nan,0,1,1},{0,0,1,inf,0,0,1,1},{2,2,1,1,3,3,2,2},
                     {1e30f,1e30f,3e30f,3e30f,2e30f,2e30f,4e30f,4e30f},{1e-30f,1e-30f,3e-30f,3e-30f,2e-30f,2e-30f,4e-30f,4e-30f}};
   for (int s = 0; s < 7; ++s) for (int k = 0; k < 4; ++k) { ad[4*(10*s+3)+k] = sp[s][k]; bd[4*(10*s+3)+k] = sp[s][4+k]; }
-  std::vector<float> af(ad.begin(), ad.end()), bf(bd.begin(), bd.end()), o(n), ow(n*n), soa(4*n);
-  std::vector<double> afd(af.begin(), af.end()), bfd(bf.begin(), bf.end()), soad(4*n);  // float-rounded inputs
+  std::vector<float> af(ad.begin(), ad.end()), bf(bd.begin(), bd.end()), o(n), ow(n*n), soa(5*n);
+  std::vector<double> afd(af.begin(), af.end()), bfd(bf.begin(), bf.end()), soad(5*n);  // float-rounded inputs
   double worst = 0; int bad = 0;
   auto chk = [&](double got, double want, double tol) { double e = std::fabs(got-want); if (!(e <= tol)) ++bad; if (e > worst || std::isnan(got)) worst = std::isnan(got) ? 1e9 : e; };
   for (int giou = 0; giou < 2; ++giou) {

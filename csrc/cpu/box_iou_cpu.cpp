@@ -228,7 +228,7 @@ at::Tensor box_iou_pairwise_cpu(const at::Tensor& a_in, const at::Tensor& b_in) 
   const int isa = active_isa();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "umedfast_box_iou_pairwise_cpu", [&] {
     using acc = acc_t<scalar_t>;
-    std::vector<acc> bsoa(static_cast<size_t>(4 * m));  // b once as x1[M], y1[M], x2[M], y2[M]
+    std::vector<acc> bsoa(static_cast<size_t>(5 * m));  // b once as x1[M], y1[M], x2[M], y2[M], area[M]
     // b once as SoA, and whether all of it is plain-safe (then rows of plain-safe a boxes skip the rescaling)
     const bool b_plain = to_soa_variant<scalar_t, acc>(isa, b.const_data_ptr<scalar_t>(), m, bsoa.data());
     const scalar_t* pa = a.const_data_ptr<scalar_t>();

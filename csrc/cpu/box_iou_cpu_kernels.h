@@ -39,18 +39,24 @@ UMEDFAST_HD void paired_range(const T* __restrict__ a, const T* __restrict__ b, 
   }
 }
 
-// soa = x1[m], y1[m], x2[m], y2[m] from b [m, 4]; returns whether every coordinate is plain-safe.
+// soa = x1[m], y1[m], x2[m], y2[m], area[m] (plain_area) from b [m, 4], i.e. 5 * m values; returns whether every
+// coordinate is plain-safe (box_iou_math.h).
 template <class T, class Acc>
 UMEDFAST_HD bool to_soa(const T* __restrict__ b, int64_t m, Acc* __restrict__ soa) {
   for (int64_t j = 0; j < m; ++j) {
-    soa[j] = static_cast<Acc>(b[4 * j + 0]);
-    soa[m + j] = static_cast<Acc>(b[4 * j + 1]);
-    soa[2 * m + j] = static_cast<Acc>(b[4 * j + 2]);
-    soa[3 * m + j] = static_cast<Acc>(b[4 * j + 3]);
+    const Acc x1 = static_cast<Acc>(b[4 * j + 0]), y1 = static_cast<Acc>(b[4 * j + 1]);
+    const Acc x2 = static_cast<Acc>(b[4 * j + 2]), y2 = static_cast<Acc>(b[4 * j + 3]);
+    soa[j] = x1;
+    soa[m + j] = y1;
+    soa[2 * m + j] = x2;
+    soa[3 * m + j] = y2;
+    soa[4 * m + j] = plain_area(x1, y1, x2, y2);  // meaningful only when all of b is plain-safe
   }
   return all_plain_safe<Acc, Acc>(soa, 4 * m);
 }
 
+// One output row: IoU of box a with every box of bsoa (see to_soa). kPlain: a and b plain-safe, plain_iou_unclamped with the
+// precomputed areas; otherwise the rescaled formula with the finiteness probe.
 template <class Acc, bool kPlain>
 UMEDFAST_HD void pairwise_row(Acc ax1, Acc ay1, Acc ax2, Acc ay2, const Acc* __restrict__ bsoa, float* __restrict__ o,
                               int64_t m) {
@@ -58,14 +64,24 @@ UMEDFAST_HD void pairwise_row(Acc ax1, Acc ay1, Acc ax2, Acc ay2, const Acc* __r
   const Acc* __restrict__ by1 = bsoa + m;
   const Acc* __restrict__ bx2 = bsoa + 2 * m;
   const Acc* __restrict__ by2 = bsoa + 3 * m;
-  for (int64_t j = 0; j < m; ++j) {
-    o[j] = clamp_overlap<Overlap::kIoU, float>(static_cast<float>(
-        box_overlap_unclamped<Overlap::kIoU, Acc, kPlain>(ax1, ay1, ax2, ay2, bx1[j], by1[j], bx2[j], by2[j])));
+  const Acc* __restrict__ barea = bsoa + 4 * m;
+  if constexpr (kPlain) {
+    const Acc area_a = plain_area(ax1, ay1, ax2, ay2);
+    for (int64_t j = 0; j < m; ++j) {
+      o[j] = min_(static_cast<float>(plain_iou_unclamped<Acc>(ax1, ay1, ax2, ay2, area_a, bx1[j], by1[j], bx2[j],
+                                                               by2[j], barea[j])),
+                  1.0f);
+    }
+  } else {
+    for (int64_t j = 0; j < m; ++j) {
+      o[j] = clamp_overlap<Overlap::kIoU, float>(static_cast<float>(
+          box_overlap_unclamped<Overlap::kIoU, Acc>(ax1, ay1, ax2, ay2, bx1[j], by1[j], bx2[j], by2[j])));
+    }
   }
 }
 
 // out[i, j] = IoU(a[i], b[j]) for rows i in [0, rows); b given as SoA (see to_soa, b_plain = its return value), out
-// rows of length m.
+// rows of length m. Rows whose a box is plain-safe too (the usual case: pixels or [0, 1]) take the plain loop.
 template <class T, class Acc>
 UMEDFAST_HD void pairwise_rows(const T* __restrict__ a, const Acc* __restrict__ bsoa, bool b_plain,
                                float* __restrict__ out, int64_t rows, int64_t m) {
