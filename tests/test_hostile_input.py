@@ -29,6 +29,7 @@ def one_line_error(p, *needles, code=2):
     assert "Traceback" not in p.stderr and len(err.splitlines()) == 1, p.stderr[-4000:]
     for n in needles:
         assert n in err, f"{n!r} not in {err!r}"
+    print(f"PROBE exit {p.returncode}: {err}")  # pytest -s lists every probe's line
     return err
 
 

@@ -143,8 +143,8 @@ def train_main(argv: list[str] | None = None) -> int:
               f"{_resume_hint(argv)}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"umedfast-train: {stage_now} stopped by a second Ctrl-C (the newest complete checkpoint is kept); "
-              f"continue with: {_resume_hint(argv)}", file=sys.stderr)
+        print(f"umedfast-train: {stage_now} stopped by Ctrl-C outside a step boundary (the newest complete "
+              f"checkpoint is kept); continue with: {_resume_hint(argv)}", file=sys.stderr)
         return 130
     if d.is_main:
         summary = {"wall_s": round(time.time() - t0, 1), "output_dir": str(out)}

@@ -136,8 +136,8 @@ class TrainConfig:
     stage: str = "all"                  # "sft", "ppo" or "all"
     device: str = "auto"                # "auto" (cuda if available), "cpu", "cuda"
     seed: int = 0                       # global seed (model init, sampling, data order)
-    threads: str = "auto"               # torch intra-op threads on CPU: "auto" (the cores free at start, from the
-                                        # load average), an integer N, or 0 (torch default = all cores)
+    threads: str = "auto"               # torch intra-op threads on CPU: "auto" (the cores idle at start, measured
+                                        # over 0.3 s and logged), an integer N, or 0 (torch default = all cores)
     log_every: int = 1                  # metrics JSONL/TensorBoard every N optimizer steps
     eval_batch_size: int = 16           # generation batch at evaluation
     progress: bool = True               # tqdm bars
