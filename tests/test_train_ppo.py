@@ -57,3 +57,22 @@ def test_ppo_runs_checkpoints_and_resumes(tmp_path, extra):
     assert len(seen) == len(set(seen))
     if "model.lora=true" in extra:
         assert (out / "ppo" / "final" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_ctrl_c_checkpoints_at_the_step_boundary_and_raises(tmp_path, monkeypatch):
+    """A pending stop request (first Ctrl-C) after step 1: a checkpoint of step 1 exactly like the periodic save,
+    then Interrupted("ppo", 1, that checkpoint); nothing after step 1 ran."""
+    import umedfast.train.ppo as ppo
+    from _train_helpers import TINY
+    from umedfast.config import load_config
+    from umedfast.train.interrupt import Interrupted
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "stage=ppo", *PPO[2:], "ppo.steps=3", "ppo.save_every=0",
+                             "ppo.w_vrr=0", *TINY])
+    monkeypatch.setattr(ppo, "stop_requested", lambda: True)
+    with pytest.raises(Interrupted) as e:
+        ppo.run_ppo(cfg)
+    assert (e.value.stage, e.value.step) == ("ppo", 1)
+    assert e.value.checkpoint is not None and (e.value.checkpoint / "state.json").is_file()
+    assert e.value.checkpoint.name == "step-00000001"
+    assert [r["step"] for r in metrics(tmp_path / "ppo" / "metrics.jsonl") if "reward" in r] == [1]
