@@ -13,7 +13,12 @@ for each shape:
 
 Reported per row: median ms, TFLOP/s = 4*B*H*Nq*Nk*D / t (halved for causal), peak extra memory over the inputs
 (CUDA only; ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call), and device name.
-GPU timings synchronize inside the timed function. GPU shapes are the issue's, in bf16; CPU shapes are small fp32.
+GPU timing: ``triton.testing.do_bench`` (CUDA events around back-to-back calls after a warm-up that also autotunes,
+L2 flushed between calls, median), so a host synchronize, the first call's autotuning and the Python dispatch are
+not in the figure unless the GPU waits on them; the public call is timed as a user calls it (its small
+per-call torch ops, the region prefix count and the output allocation from the caching allocator, included).
+``extra_info["ms"]`` is the figure of record on CUDA (pytest-benchmark's own stats there time one synchronized call).
+GPU shapes are the issue's, in bf16; CPU shapes are small fp32.
 """
 import os
 import platform
@@ -136,8 +141,13 @@ def _run(benchmark, provider, shape, dtype, device):
             base = torch.cuda.memory_allocated()
             result = timed()
             extra_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
-        rounds = 3 if (not cuda and provider == "umedfast_vrr") else (20 if cuda else 10)
-        benchmark.pedantic(timed, rounds=rounds, warmup_rounds=1 if cuda else 0)
+        if cuda:
+            from triton.testing import do_bench
+
+            gpu_ms = do_bench(fn, warmup=25, rep=200, return_mode="median")
+            benchmark.pedantic(timed, rounds=1, warmup_rounds=0)  # pytest-benchmark's record; figure: gpu_ms
+        else:
+            benchmark.pedantic(timed, rounds=3 if provider == "umedfast_vrr" else 10, warmup_rounds=0)
 
         max_err = None
         if provider in ("umedfast_vrr", "eager_mass"):  # both emit the mass: check it against the fp32 oracle
@@ -145,13 +155,13 @@ def _run(benchmark, provider, shape, dtype, device):
             max_err = (result[1].float() - ref_mass).abs().max().item()
             assert max_err < 1e-2, f"{provider} mass differs from fp32 eager by {max_err}"
 
-    med = benchmark.stats.stats.median
+    med = gpu_ms / 1e3 if cuda else benchmark.stats.stats.median
     flops = 4 * B * Hq * N * N * D * (0.5 if causal else 1.0)
     dev_name = torch.cuda.get_device_name() if cuda else _cpu_name()
     info = dict(provider=provider, shape=f"B{B} H{Hq}/{Hkv} N{N} D{D} {'causal' if causal else 'full'}",
                 dtype=str(dtype).replace("torch.", ""), ms=round(med * 1e3, 3), tflops=flops / med / 1e12,
                 extra_mib=None if extra_mib is None else round(extra_mib, 1), mass_max_err=max_err, device=dev_name,
-                interpreter=(not cuda and provider == "umedfast_vrr"))
+                interpreter=(not cuda and provider == "umedfast_vrr"), timer="do_bench" if cuda else "pytest-benchmark")
     benchmark.extra_info.update(info)
     mem = "n/a" if extra_mib is None else f"{extra_mib:.1f} MiB"
     print(f"\n| {info['shape']} | {info['dtype']} | {provider}{' (interpreter)' if info['interpreter'] else ''} "

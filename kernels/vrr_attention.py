@@ -332,6 +332,11 @@ def _vrr_attention_fwd(q, k, v, region_mask, key_padding_mask, causal, scale, ou
         bm, bn = blocks or _INTERPRET_BLOCKS
         grid = (B * Hq, triton.cdiv(Nq, bm))
         _vrr_attention_fwd_kernel[grid](*args, **common, BLOCK_M=bm, BLOCK_N=bn)
+    elif os.environ.get("UMEDFAST_AUTOTUNE", "1") == "0":  # the first config that fits: no tuning runs (CUDA tests)
+        cfg = configs_for(D, q.dtype)[0]
+        grid = (B * Hq, triton.cdiv(Nq, cfg.kwargs["BLOCK_M"]))
+        _vrr_attention_fwd_kernel[grid](*args, **common, **cfg.kwargs, num_warps=cfg.num_warps,
+                                        num_stages=cfg.num_stages)
     else:
         grid = lambda meta: (B * Hq, triton.cdiv(Nq, meta["BLOCK_M"]))  # noqa: E731
         _vrr_attention_fwd_kernel_tuned[grid](*args, **common)
