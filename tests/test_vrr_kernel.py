@@ -141,6 +141,21 @@ def test_grid_puts_batch_times_heads_on_axis_0(monkeypatch):
     assert grids == [(3 * 4, 3)]
 
 
+def test_untuned_launch_uses_the_first_fitting_config(monkeypatch):
+    """UMEDFAST_AUTOTUNE=0 (the GPU suite's CUDA tests): the GPU launch path with configs_for(D, dtype)[0] instead of the
+    autotuner, run here by the interpreter with the GPU-side flags (module _INTERPRET off)."""
+    mod = importlib.import_module("umedfast.kernels.vrr_attention")
+    monkeypatch.setattr(mod, "_INTERPRET", False)
+    monkeypatch.setenv("UMEDFAST_AUTOTUNE", "0")
+    q, k, v = _inputs(1, 2, 1, 20, 33, 32, torch.float32, seed=2)
+    region, pad = _region("span", 1, 33), _padding("left", 1, 33)
+    out = torch.empty_like(q)
+    mass = mod._vrr_attention_fwd(q, k, v, region, pad, True, 32 ** -0.5, out)
+    o64, m64 = vrr_attention_ref(q.double(), k.double(), v.double(), region, key_padding_mask=pad)
+    torch.testing.assert_close(out.double(), o64, atol=2e-5, rtol=0)
+    torch.testing.assert_close(mass.double(), m64, atol=2e-6, rtol=0)
+
+
 def test_strided_inputs_and_out_view():
     """HF hands [B,N,H,D] buffers transposed to [B,H,N,D]; the output may go straight into a [B,N,H,D] buffer."""
     B, N, H, D = 2, 37, 4, 32
