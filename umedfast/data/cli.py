@@ -141,8 +141,9 @@ def main(argv=None) -> int:
     a = _parser().parse_args(argv)
     try:
         return {"synth": _cmd_synth, "build": _cmd_build, "stats": _cmd_stats}[a.cmd](a)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"umedfast-data {a.cmd}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # user errors (UserError is a ValueError): one line, exit 2
+        msg = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e)
+        print(f"umedfast-data {a.cmd}: error: {msg}", file=sys.stderr)
         return 2
 
 
