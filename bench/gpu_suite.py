@@ -45,8 +45,13 @@ PPO_STEP = dict(steps=1, queries_per_step=4, k=8, max_new_tokens=64, ppo_epochs=
                 advantage="gae", w_llm=0.0, w_vrr=1.0, w_alr=1.0)
 
 
+DRY_LIMIT_S = 900  # a dry run only collects, but on a loaded 2-core CPU one collection can take minutes
+
+
 def _run(cmd, limit_s, env=None, log=None) -> dict:
     """Run ``cmd`` (list) from the repo root; returns rc, seconds, and the output tail (also appended to ``log``)."""
+    if "--collect-only" in cmd:
+        limit_s = max(limit_s, DRY_LIMIT_S)
     t0 = time.time()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit_s)
@@ -223,7 +228,7 @@ def step_ppo(dry: bool, out: Path, log) -> dict:
                 "from umedfast.config import load_config; from umedfast.train.ppo_step import build_state, ppo_step; "
                 "cfg = load_config(None, ['output_dir=/tmp/x'] + g.PPO_OVERRIDES + "
                 "[f'ppo.{k}={v}' for k, v in g.PPO_STEP.items()]); print('ppo config ok', cfg.model.name)")
-        return _run([sys.executable, "-c", code], 120, env=_env(), log=log)
+        return _run([sys.executable, "-c", code], DRY_LIMIT_S, env=_env(), log=log)
     code = (f"import json, sys; sys.path.insert(0, 'bench'); import gpu_suite as g; "
             f"open({str(js)!r}, 'w').write(json.dumps(g.ppo_case()))")
     res = _run([sys.executable, "-c", code], LIMITS_S["ppo"], env=_env(), log=log)
