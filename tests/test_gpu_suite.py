@@ -26,7 +26,7 @@ def test_dry_run_collects_every_selection_and_writes_the_table(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "bench/gpu_suite.py", "--dry-run", "--out", str(tmp_path), "--tests",
                           "tests/test_kernels_cuda.py", "tests/test_ops.py"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=900)
+                         env=env, capture_output=True, text=True, timeout=2400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     res = json.loads((tmp_path / "gpu_suite.json").read_text())
     r = res["results"]
