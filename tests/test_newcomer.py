@@ -240,3 +240,19 @@ def test_kill_9_then_resume_logs_each_step_once(tmp_path):
     assert p.returncode == 0, p.stderr[-4000:]
     steps = [r["step"] for r in metrics(metrics_file) if "loss" in r]
     assert steps == list(range(1, 25))  # each step exactly once, in order
+
+
+def test_metrics_logger_drops_rows_past_the_newest_checkpoint(tmp_path):
+    """What a resuming loop (SFT passes the step, PPO relies on the default) does to a killed run's metrics."""
+    from umedfast.train.metrics import MetricsLogger
+
+    run = tmp_path / "ppo"
+    (run / "checkpoints" / "step-00000003").mkdir(parents=True)
+    (run / "checkpoints" / "step-00000003" / "state.json").write_text("{}")
+    (run / "checkpoints" / ".tmp-step-00000005").mkdir()  # torn save: ignored
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward": 0.1}) + "\n" for s in range(1, 6))
+                                       + '{"step": 6, "rew')  # killed mid-write
+    log = MetricsLogger(run, tensorboard=False)
+    log.log(4, {"reward": 0.2})
+    log.close()
+    assert [r["step"] for r in metrics(run / "metrics.jsonl")] == [1, 2, 3, 4]

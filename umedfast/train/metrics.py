@@ -15,9 +15,17 @@ class MetricsLogger:
     """Write one JSON object per logged step to ``<dir>/metrics.jsonl`` and scalars to TensorBoard (main rank)."""
 
     def __init__(self, out_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
-                 keep_through: int | None = None):
+                 keep_through: int | None | str = "auto"):
         """``keep_through``: on resume, the restored checkpoint's step; rows with a larger step (logged by a killed
-        run after its last checkpoint, and about to be logged again) are removed first, so each step appears once."""
+        run after its last checkpoint, and about to be logged again) are removed first, so each step appears once.
+        ``"auto"`` (default): the step of the newest complete checkpoint under ``out_dir/checkpoints`` (0 if none),
+        which is what a resuming loop restores; a fresh run never meets old rows (the CLI refuses a used stage
+        directory without ``--resume``). ``None`` keeps every row."""
+        if keep_through == "auto":
+            from umedfast.train.checkpoint import latest_checkpoint
+
+            ckpt = latest_checkpoint(out_dir)
+            keep_through = int(ckpt.name.split("-")[-1]) if ckpt is not None else 0
         self.dir = Path(out_dir)
         self.enabled = enabled
         self._tb = None
