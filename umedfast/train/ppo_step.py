@@ -2,9 +2,9 @@
 
     ro     = rollout(st, queries, step)          # sample K candidates per query (clean sampling config)
     sc     = score(st, ro)                       # old log-probs, values, reference log-probs, AAR rewards
-    adv    = advantages(st, ro, sc)              # GAE (critic, k1 KL in the reward) or a group baseline
-    losses = update(st, ro, sc, adv, step)       # ppo_epochs x minibatches: clipped policy / value loss, entropy
-    row    = step_stats(st, ro, sc, adv, losses) # metrics of the iteration (reduced over ranks)
+    adv, ret = advantages(st, ro, sc)            # GAE (critic, k1 KL in the reward) or a group baseline
+    losses = update(st, ro, sc, adv, ret, step)  # ppo_epochs x minibatches: clipped policy / value loss, entropy
+    row    = step_stats(st, ro, sc, losses)      # metrics of the iteration (reduced over ranks)
 
 ``ppo_step`` runs the five in order; ``umedfast.train.ppo.run_ppo`` is a short loop over ``ppo_step`` (data order,
 scheduler, checkpoints, Ctrl-C), and ``bench/bench_ppo_step.py`` times the same function. Rows are query-major
@@ -109,7 +109,7 @@ def rollout(st: PPOState, queries: list, step: int) -> Rollout:
 
 
 # --------------------------------------------------------------------------------------------------- 2. score
-def single_pass(p: PPOConfig, batch_rows: int, step: int) -> bool:
+def single_pass(p: PPOConfig, batch_rows: int) -> bool:
     """One epoch over one minibatch: the policy has not moved since sampling, so the training forward IS the
     scoring forward (TRL does the same)."""
     return p.ppo_epochs == 1 and p.minibatch_size >= batch_rows
@@ -133,12 +133,12 @@ def sequence_reward(p: PPOConfig, total: torch.Tensor, truncated: torch.Tensor) 
     return total - p.truncation_penalty * truncated.to(total.dtype)
 
 
-def score(st: PPOState, ro: Rollout, step: int = 0) -> Scored:
+def score(st: PPOState, ro: Rollout) -> Scored:
     """Old log-probs and values, reference log-probs, per-token KL and the AAR rewards of ``ro``."""
     from umedfast.train.aar import score_rollout
 
     p, mask, resp, pw = st.cfg, ro.response_mask.to(st.device), ro.response_ids, ro.prompt_width
-    one = single_pass(p, resp.shape[0], step)
+    one = single_pass(p, resp.shape[0])
     with torch.no_grad():
         if not one:
             old_lp, old_v, _ = policy_outputs(st.scorer, ro.batch, resp, pw, k=p.k, bundle=st.bundle,
@@ -360,7 +360,7 @@ def ppo_step(st: PPOState, queries: list, step: int, phases: dict | None = None)
 
     ro = rollout(st, queries, step)
     tick("rollout")
-    sc = score(st, ro, step)
+    sc = score(st, ro)
     tick("score")
     adv, ret = advantages(st, ro, sc)
     tick("advantages")
