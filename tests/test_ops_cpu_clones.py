@@ -135,6 +135,21 @@ def test_variant_adversarial_magnitudes(variant):
 
 
 @needs_variants
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+def test_variant_float16_equals_float32_of_the_same_values(variant):
+    """float16 boxes are widened by the kernels' own branch-free conversion: every one of the 65536 bit patterns
+    (subnormals, inf, NaN included) must give exactly what the same values give as float32 (torch's exact widening)."""
+    bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    h = bits.view(torch.float16).reshape(-1, 4)
+    gen = torch.Generator().manual_seed(0)
+    hb = h[torch.randperm(h.shape[0], generator=gen)]
+    for op in (ops.box_iou, ops.generalized_box_iou):
+        torch.testing.assert_close(op(h, hb), op(h.float(), hb.float()), atol=0, rtol=0, equal_nan=True)
+    torch.testing.assert_close(ops.box_iou_pairwise(h[:300], hb[:200]), ops.box_iou_pairwise(h[:300].float(),
+                               hb[:200].float()), atol=0, rtol=0)
+
+
+@needs_variants
 def test_variants_agree_with_each_other():
     gen = torch.Generator().manual_seed(21)
     a = random_boxes(5000, gen, scale=50, offset=100).float()
@@ -180,6 +195,7 @@ KERNELS = {  # name -> call; each is compiled in its own translation unit
     "pairwise_f32": "cpu::pairwise_rows<float, float>(a, b, true, o, n, n);",
     "pairwise_f64": "cpu::pairwise_rows<double, double>(ad, bd, true, o, n, n);",
     "to_soa_f32": "cpu::to_soa<float, float>(a, n, o);",
+    "half_to_float": "cpu::half_bits_to_float(reinterpret_cast<const uint16_t*>(a), o, n);",
 }
 
 

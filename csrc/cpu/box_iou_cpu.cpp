@@ -97,6 +97,7 @@ int active_isa() {
   TARGET void paired(const T* a, const T* b, float* out, int64_t n) {                                           \
     cpu::paired_range<kOp, T, Acc>(a, b, out, n);                                                               \
   }                                                                                                             \
+  TARGET void half_to_float(const uint16_t* in, float* out, int64_t n) { cpu::half_bits_to_float(in, out, n); }   \
   template <class T, class Acc>                                                                                 \
   TARGET void to_soa(const T* b, int64_t m, Acc* soa, bool* plain) {                                            \
     *plain = cpu::to_soa<T, Acc>(b, m, soa);                                                                    \
@@ -155,7 +156,25 @@ template <class T, class Acc>
 void pairwise_variant(int isa, const T* a, const Acc* bsoa, bool b_plain, float* out, int64_t rows, int64_t m) {
   UMEDFAST_SWITCH_VARIANT(isa, (pairwise<T, Acc>(a, bsoa, b_plain, out, rows, m)))
 }
+// float16 boxes: converted to float in blocks by the branch-free, vectorized half_bits_to_float, then the float loops.
+inline void half_variant(int isa, const c10::Half* in, float* out, int64_t n) {
+  const auto* bits = reinterpret_cast<const uint16_t*>(in);  // c10::Half is its uint16_t bit pattern
+  UMEDFAST_SWITCH_VARIANT(isa, (half_to_float(bits, out, n)))
+}
 #undef UMEDFAST_SWITCH_VARIANT
+
+constexpr int64_t kHalfChunk = 1024;  // boxes per float16 -> float block: 2 x 16 KiB on the stack
+
+template <Overlap kOp>
+void paired_half(int isa, const c10::Half* a, const c10::Half* b, float* out, int64_t n) {
+  alignas(64) float fa[4 * kHalfChunk], fb[4 * kHalfChunk];
+  for (int64_t s = 0; s < n; s += kHalfChunk) {
+    const int64_t len = std::min(kHalfChunk, n - s);
+    half_variant(isa, a + 4 * s, fa, 4 * len);
+    half_variant(isa, b + 4 * s, fb, 4 * len);
+    paired_variant<kOp, float, float>(isa, fa, fb, out + s, len);
+  }
+}
 
 // Work per parallel task: ~32k boxes (paired) or pairs (pairwise), i.e. ~10-50 us, far above the cost of a task,
 // small enough that 1e6 boxes split over every thread.
@@ -163,6 +182,43 @@ constexpr int64_t kGrain = 32768;
 
 template <class T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// One parallel task of a paired op; float16 goes through float blocks (the more specialized overload wins).
+template <Overlap kOp, class T>
+void paired_task(int isa, const T* a, const T* b, float* out, int64_t n) {
+  paired_variant<kOp, T, acc_t<T>>(isa, a, b, out, n);
+}
+template <Overlap kOp>
+void paired_task(int isa, const c10::Half* a, const c10::Half* b, float* out, int64_t n) {
+  paired_half<kOp>(isa, a, b, out, n);
+}
+
+// Pairwise IoU of a [n, 4] with b [m, 4] into out [n, m].
+template <class T>
+void pairwise_impl(int isa, const T* pa, const T* pb, float* po, int64_t n, int64_t m) {
+  using acc = acc_t<T>;
+  std::vector<acc> bsoa(static_cast<size_t>(5 * m));  // b once as x1[M], y1[M], x2[M], y2[M], area[M]
+  // ... and whether all of b is plain-safe (then rows of plain-safe a boxes skip the rescaling)
+  const bool b_plain = to_soa_variant<T, acc>(isa, pb, m, bsoa.data());
+  const int64_t grain = std::max<int64_t>(1, kGrain / m);  // rows per task: ~32k pairs
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+    pairwise_variant<T, acc>(isa, pa + 4 * begin, bsoa.data(), b_plain, po + begin * m, end - begin, m);
+  });
+}
+void pairwise_impl(int isa, const c10::Half* pa, const c10::Half* pb, float* po, int64_t n, int64_t m) {
+  std::vector<float> bf(static_cast<size_t>(4 * m)), bsoa(static_cast<size_t>(5 * m));
+  half_variant(isa, pb, bf.data(), 4 * m);
+  const bool b_plain = to_soa_variant<float, float>(isa, bf.data(), m, bsoa.data());
+  const int64_t grain = std::max<int64_t>(1, kGrain / m);
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+    alignas(64) float fa[4 * kHalfChunk];
+    for (int64_t s = begin; s < end; s += kHalfChunk) {
+      const int64_t len = std::min(kHalfChunk, end - s);
+      half_variant(isa, pa + 4 * s, fa, 4 * len);
+      pairwise_variant<float, float>(isa, fa, bsoa.data(), b_plain, po + s * m, len, m);
+    }
+  });
+}
 
 at::Tensor paired_cpu(const char* op, const at::Tensor& a_in, const at::Tensor& b_in, bool giou) {
   check_box_pair(op, a_in, b_in, /*paired=*/true);
@@ -178,11 +234,9 @@ at::Tensor paired_cpu(const char* op, const at::Tensor& a_in, const at::Tensor& 
     float* po = out.mutable_data_ptr<float>();
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       if (giou) {
-        paired_variant<Overlap::kGIoU, scalar_t, acc_t<scalar_t>>(isa, pa + 4 * begin, pb + 4 * begin, po + begin,
-                                                                   end - begin);
+        paired_task<Overlap::kGIoU>(isa, pa + 4 * begin, pb + 4 * begin, po + begin, end - begin);
       } else {
-        paired_variant<Overlap::kIoU, scalar_t, acc_t<scalar_t>>(isa, pa + 4 * begin, pb + 4 * begin, po + begin,
-                                                                  end - begin);
+        paired_task<Overlap::kIoU>(isa, pa + 4 * begin, pb + 4 * begin, po + begin, end - begin);
       }
     });
   });
@@ -227,16 +281,7 @@ at::Tensor box_iou_pairwise_cpu(const at::Tensor& a_in, const at::Tensor& b_in) 
   if (n == 0 || m == 0) return out;
   const int isa = active_isa();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "umedfast_box_iou_pairwise_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    std::vector<acc> bsoa(static_cast<size_t>(5 * m));  // b once as x1[M], y1[M], x2[M], y2[M], area[M]
-    // b once as SoA, and whether all of it is plain-safe (then rows of plain-safe a boxes skip the rescaling)
-    const bool b_plain = to_soa_variant<scalar_t, acc>(isa, b.const_data_ptr<scalar_t>(), m, bsoa.data());
-    const scalar_t* pa = a.const_data_ptr<scalar_t>();
-    float* po = out.mutable_data_ptr<float>();
-    const int64_t grain = std::max<int64_t>(1, kGrain / m);  // rows per task: ~32k pairs
-    at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
-      pairwise_variant<scalar_t, acc>(isa, pa + 4 * begin, bsoa.data(), b_plain, po + begin * m, end - begin, m);
-    });
+    pairwise_impl(isa, a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), out.mutable_data_ptr<float>(), n, m);
   });
   return out;
 }

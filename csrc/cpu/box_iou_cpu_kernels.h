@@ -8,11 +8,39 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "box_iou_math.h"
 
 namespace umedfast {
 namespace cpu {
+
+// IEEE half (bit patterns) -> float, branch-free with integer ops and one unconditional float subtraction, so the
+// loop vectorizes in every variant (c10::Half's own conversion is scalar unless the whole file is built with F16C).
+// Normal, subnormal, zero, inf and NaN inputs convert exactly.
+UMEDFAST_HD void half_bits_to_float(const uint16_t* __restrict__ in, float* __restrict__ out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t h = in[i];
+    const uint32_t mag = (h & 0x7fffu) << 13;          // exponent + mantissa in float position
+    const uint32_t exp = mag & (0x7c00u << 13);
+    const uint32_t normal = mag + ((127u - 15u) << 23);  // rebias
+    const uint32_t infnan = normal + ((128u - 16u) << 23);
+    // subnormal half (exp == 0): value = mantissa * 2^-24 = as_float(mag + 113 << 23) - 2^-14, computed always
+    float sub;
+    const uint32_t sub_bits = mag + (113u << 23);
+    std::memcpy(&sub, &sub_bits, sizeof(sub));
+    sub -= 6.103515625e-05f;  // 2^-14
+    uint32_t sub_out;
+    std::memcpy(&sub_out, &sub, sizeof(sub_out));
+    const uint32_t big = exp == (0x7c00u << 13) ? infnan : normal;
+    // mask select (not ?:), so that GCC does not sink the subtraction above into a branch (see the file comment)
+    const uint32_t is_sub = 0u - static_cast<uint32_t>(exp == 0);
+    const uint32_t bits = (sub_out & is_sub) | (big & ~is_sub) | ((h & 0x8000u) << 16);
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    out[i] = f;
+  }
+}
 
 // True when every value of x[0, n) is plain-safe (box_iou_math.h): then the plain formula is exact enough.
 template <class T, class Acc>
