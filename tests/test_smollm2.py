@@ -138,6 +138,7 @@ def test_kernels_at_real_head_dims_and_vocabulary(bundle, records):
         assert lp[-1] == 0 and ent[-1] == 0
 
 
+@pytest.mark.slow  # writes and reads 540 MB of fp32 safetensors twice
 def test_checkpoint_round_trip_through_auto_model(bundle, records, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -160,6 +161,7 @@ def test_checkpoint_round_trip_through_auto_model(bundle, records, tmp_path):
         torch.testing.assert_close(again.model(**inputs).logits, a, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # a second 135M-parameter build
 def test_frozen_lm_variant_trains_only_the_vision_side():
     from umedfast.model import load_vlm
 
