@@ -111,7 +111,7 @@ def test_fsdp2_equals_one_rank_and_resumes(one, tmp_path):
          "--output-dir", str(two), "--stage", "ppo", "--resume", *_args(2), *TINY, "parallel=fsdp2",
          "ppo.save_every=1"], timeout=300)
     rows = [r for r in metrics(two / "ppo" / "metrics.jsonl") if "reward" in r]
-    assert [r["step"] for r in rows] == [1, 2, 2]
+    assert [r["step"] for r in rows] == [1, 2]  # the step-2 row past the restored checkpoint is dropped, then redone
     for name, w in before.items():
         assert _max_diff(w, _weights(final / name)) < 1e-6, name
 
