@@ -69,7 +69,7 @@ def test_ctrl_c_checkpoints_at_the_step_boundary_and_raises(tmp_path, monkeypatc
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "stage=ppo", *PPO[2:], "ppo.steps=3", "ppo.save_every=0",
                              "ppo.w_vrr=0", *TINY])
-    monkeypatch.setattr(ppo, "stop_requested", lambda: True)
+    monkeypatch.setattr(ppo, "stop_agreed", lambda d: True)
     with pytest.raises(Interrupted) as e:
         ppo.run_ppo(cfg)
     assert (e.value.stage, e.value.step) == ("ppo", 1)

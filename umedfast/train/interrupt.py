@@ -27,6 +27,20 @@ def stop_requested() -> bool:
     return _requested.is_set()
 
 
+def stop_agreed(d) -> bool:
+    """:func:`stop_requested` on any rank of ``d`` (a ``umedfast.train.distributed.Dist``): torchrun delivers Ctrl-C
+    to each rank at slightly different steps, so all ranks stop together and the checkpoint's collectives line up.
+    Every rank must call it at the same step boundary (one scalar all-reduce when ``d.world > 1``)."""
+    stop = stop_requested()
+    if d.world > 1:  # imported here: the CLI imports this module before torch (one-line refusals take < 1 s)
+        import torch
+
+        from umedfast.train.distributed import all_reduce_sum
+
+        stop = float(all_reduce_sum(torch.tensor(float(stop)), d)) > 0
+    return stop
+
+
 @contextlib.contextmanager
 def graceful_sigint():
     """Within this block the first SIGINT only sets the stop flag; a second one raises ``KeyboardInterrupt`` at once.

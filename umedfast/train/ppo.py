@@ -19,7 +19,7 @@ from umedfast.train.checkpoint import EpochOrder, latest_checkpoint, load_traini
 from umedfast.train.common import load_policy, load_records, resolve_device, seed_everything, warmup_cosine
 from umedfast.train.distributed import Dist, barrier
 from umedfast.train.fsdp import checkpoint_views, gathered_for_save, local_fraction
-from umedfast.train.interrupt import Interrupted, stop_requested
+from umedfast.train.interrupt import Interrupted, stop_agreed
 from umedfast.train.length_check import check_generation_cap
 from umedfast.train.metrics import MetricsLogger
 from umedfast.train.ppo_step import build_state, global_whiten, minibatch_loss, ppo_step  # noqa: F401 (re-export)
@@ -98,7 +98,7 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         saved = None
         if (p.save_every and step % p.save_every == 0) or step == p.steps:
             saved = save(step)
-        if stop_requested():  # Ctrl-C: checkpoint at this step boundary (as the periodic save does), then stop
+        if stop_agreed(d):  # Ctrl-C on any rank: checkpoint at this step boundary (as the periodic save does)
             saved = saved or save(step)
             bar.close()
             log.close()

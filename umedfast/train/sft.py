@@ -21,7 +21,7 @@ from umedfast.train.common import (autocast, load_policy, load_records, resolve_
 from umedfast.train.distributed import Dist, all_reduce_sum, barrier, no_sync, use_fsdp, wrap_ddp
 from umedfast.train.fsdp import (checkpoint_views, gathered_for_save, is_sharded, local_fraction, scalar,
                                  shard_model)
-from umedfast.train.interrupt import Interrupted, stop_requested
+from umedfast.train.interrupt import Interrupted, stop_agreed
 from umedfast.train.metrics import MetricsLogger, NonFiniteGuard
 
 
@@ -66,15 +66,6 @@ def evaluate(cfg: TrainConfig, bundle, held: list, out_path: Path, d: Dist, max_
             metrics = None
     barrier(d)
     return metrics
-
-
-def _stop_agreed(d: Dist) -> bool:
-    """Ctrl-C seen by any rank (torchrun delivers it to each at slightly different steps): all ranks stop together,
-    so the checkpoint's collectives line up."""
-    stop = stop_requested()
-    if d.world > 1:
-        stop = float(all_reduce_sum(torch.tensor(float(stop)), d)) > 0
-    return stop
 
 
 def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict:
@@ -155,7 +146,7 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
             if last_eval is not None:
                 log.log(step, {f"eval_{k}": v for k, v in last_eval.items() if isinstance(v, (int, float))})
         saved = None
-        stop = _stop_agreed(d)
+        stop = stop_agreed(d)
         if (s.save_every and step % s.save_every == 0) or step == total or stop:
             # Ctrl-C: checkpoint at this step boundary (model, optimizer, scheduler and data order agree), then stop
             m_, o_, _ = checkpoint_views(model, opt, d)
