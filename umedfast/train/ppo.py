@@ -69,17 +69,19 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
     sched = torch.optim.lr_scheduler.LambdaLR(st.optimizer, warmup_cosine(p.steps, p.warmup_ratio, p.min_lr_ratio))
     order = EpochOrder(len(train), seed=cfg.seed + 1)
 
+    def views():  # (model, optimizer, value head) as checkpoints hold them (FSDP2: full-state views)
+        return checkpoint_views(st.bundle.model, st.optimizer, d, value_head=st.value_head,
+                                opt_root=st.policy_with_value)
+
     def save(step_: int):
-        m_, o_, v_ = checkpoint_views(st.bundle.model, st.optimizer, d, value_head=st.value_head,
-                                      opt_root=st.policy_with_value)
+        m_, o_, v_ = views()
         return save_training_state(run_dir, step_, model=m_, value_head=v_, optimizer=o_, scheduler=sched,
                                    order=order, d=d)
 
     step = 0
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        m_, o_, v_ = checkpoint_views(st.bundle.model, st.optimizer, d, value_head=st.value_head,
-                                      opt_root=st.policy_with_value)
+        m_, o_, v_ = views()
         step = load_training_state(ckpt, model=m_, value_head=v_, optimizer=o_, scheduler=sched, order=order, d=d,
                                    device=device)["step"]
     log = MetricsLogger(run_dir, enabled=d.is_main)
