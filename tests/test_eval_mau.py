@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from umedfast.boxes import format_box
-from umedfast.eval.matching import best_matching, iou_matrix
+from umedfast.box_matching import best_matching, iou_matrix
 from umedfast.eval.mau import mau_metrics, score_samples
 from umedfast.eval.naming import ClassNamer, says_normal
 

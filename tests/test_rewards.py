@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from umedfast.boxes import format_box
-from umedfast.rewards.alr import _giou_ref, _iou_pairwise_ref, alr_from_text, alr_score
+from umedfast.rewards.alr import alr_from_text, alr_score, pair_scores
 from umedfast.rewards.combine import combine_rewards, normalize_by_group_max
 
 
@@ -51,12 +51,43 @@ def test_giou_shaping_gives_signal_to_misses():
     assert alr_score(gt, gt, giou_weight=0.5).reward == pytest.approx(1.0)
 
 
-def test_reference_iou_formulas():
-    a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 1.0, 3.0]])
-    b = torch.tensor([[1.0, 1.0, 3.0, 3.0]])
-    iou = _iou_pairwise_ref(a, b)
-    assert iou[0, 0].item() == pytest.approx(1 / 7) and iou[1, 0].item() == 0.0
-    assert _giou_ref(a[:1], b).item() == pytest.approx(1 / 7 - (9 - 7) / 9)
+def test_pair_scores_by_hand():
+    a = [(0.0, 0.0, 2.0, 2.0), (1.0, 1.0, 1.0, 3.0)]  # the second box is empty (zero width)
+    b = [(1.0, 1.0, 3.0, 3.0)]
+    score, iou = pair_scores(a, b)
+    assert iou[0, 0].item() == pytest.approx(1 / 7) and iou[1, 0].item() == 0.0 and torch.equal(score, iou)
+    shaped, _ = pair_scores(a[:1], b, giou_weight=0.5)  # GIoU = 1/7 - (9 - 7)/9
+    assert shaped[0, 0].item() == pytest.approx(0.5 / 7 + 0.5 * (1 / 7 - 2 / 9 + 1) / 2)
+
+
+def test_reward_and_metric_use_one_matching_beyond_six_boxes():
+    """7-12 boxes on each side: the ALR's IoU equals the metric's (one matching); the reward used to switch to a
+    greedy matching above 6 boxes, which the draws below would expose (greedy is below the optimum on some)."""
+    import random
+
+    from umedfast.box_matching import best_matching, iou_matrix
+
+    def greedy(m):
+        used_p, used_g, tot = set(), set(), 0.0
+        for v, i, j in sorted(((m[i][j], i, j) for i in range(len(m)) for j in range(len(m[0]))), reverse=True):
+            if i not in used_p and j not in used_g:
+                used_p.add(i), used_g.add(j)
+                tot += v
+        return tot
+
+    rng = random.Random(0)
+    below_optimum = 0
+    for _ in range(20):
+        n_gt, n_pred = rng.randint(7, 12), rng.randint(7, 12)
+        box = lambda: (lambda x, y, w, h: (x, y, x + w, y + h))(rng.random() * 0.3, rng.random() * 0.3,  # noqa: E731
+                                                                rng.uniform(0.1, 0.4), rng.uniform(0.1, 0.4))
+        gt, pred = [box() for _ in range(n_gt)], [box() for _ in range(n_pred)]
+        m = iou_matrix(pred, gt)
+        total, _ = best_matching(m)
+        assert alr_score(pred, gt).iou == pytest.approx(total / max(n_gt, n_pred), abs=1e-6)
+        assert greedy(m) <= total + 1e-9
+        below_optimum += greedy(m) < total - 1e-6
+    assert below_optimum > 0  # the draws do separate an exact matching from a greedy one
 
 
 def test_normalize_by_group_max_guards_zero():

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from umedfast.box_matching import iou_matrix
 from umedfast.boxes import clip_box01, format_box, parse_boxes, pixels_to_unit
 from umedfast.data.records import MAURecord, load_image
 from umedfast.data.templates import FORMAT_HINT, apply_template, write_query
@@ -82,14 +83,6 @@ class RequestFailed(RuntimeError):
     pass
 
 
-def _iou(a, b) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def validate_answer(text: str, record: MAURecord, fmt: str) -> str | None:
     """None when ``text`` is a usable answer for ``record``, else the reason it is not."""
     if not isinstance(text, str) or not text.strip():
@@ -108,7 +101,7 @@ def validate_answer(text: str, record: MAURecord, fmt: str) -> str | None:
             return f"label {f['label']!r} missing"
     for f in record.findings:
         gt = clip_box01(pixels_to_unit(f["box_xyxy"], size))
-        if not any(_iou(gt, b) >= 0.5 for b in got):
+        if not any(v >= 0.5 for v in iou_matrix([gt], got)[0]):
             return f"box of {f['label']!r} missing or wrong"
     return None
 

@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from umedfast.eval.matching import best_matching, iou_matrix
+from umedfast.box_matching import best_matching, iou_matrix
 from umedfast.eval.naming import ClassNamer, build_vocab, says_normal
 
 METRIC_KEYS = ("accuracy", "mean_iou", "acc_iou50", "format_ok")
