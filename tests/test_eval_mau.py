@@ -8,7 +8,7 @@ import pytest
 from umedfast.boxes import format_box
 from umedfast.box_matching import best_matching, iou_matrix
 from umedfast.eval.mau import mau_metrics, score_samples
-from umedfast.eval.naming import ClassNamer, says_normal
+from umedfast.answers import ClassNamer, says_normal
 
 W, H = 200, 100  # non-square so pixel -> unit conversion is exercised
 

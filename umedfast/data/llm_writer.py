@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from umedfast.answers import says_normal
 from umedfast.box_matching import iou_matrix
 from umedfast.boxes import clip_box01, format_box, parse_boxes, pixels_to_unit
 from umedfast.data.records import MAURecord, load_image
@@ -92,7 +93,7 @@ def validate_answer(text: str, record: MAURecord, fmt: str) -> str | None:
     if not record.findings:
         if got:
             return "normal image but the answer writes a box"
-        if not re.search(r"\bnormal\b|\bno abnormal", text, re.IGNORECASE):
+        if not says_normal(text):
             return "normal image but the answer does not say so"
         return None
     low = text.lower()

@@ -5,7 +5,7 @@ Metric definitions (also in docs/evaluation.md):
   class named, via the per-source synonym table, and no other class of that source named, so listing every class
   cannot score). Normal image -> the response states there is no abnormality, names no class and writes no box.
   Negated mentions ("no effusion") name nothing; generic words (lesion, abnormality) never name a wrong class
-  (see eval/naming.py).
+  (see umedfast/answers.py).
 - mean_iou: over abnormal images, sum of IoUs of the best one-to-one matching between parsed boxes and ground-truth
   boxes, divided by max(#predicted, #ground truth) (extra or missing boxes count as IoU 0). No box -> 0.
 - acc_iou50: fraction of abnormal images whose image IoU (as above) is >= 0.5.
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from umedfast.box_matching import best_matching, iou_matrix
-from umedfast.eval.naming import ClassNamer, build_vocab, says_normal
+from umedfast.answers import ClassNamer, build_vocab, says_normal
 
 METRIC_KEYS = ("accuracy", "mean_iou", "acc_iou50", "format_ok")
 

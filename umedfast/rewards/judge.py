@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from umedfast.answers import says_normal
+
 log = logging.getLogger(__name__)
 
 __all__ = ["JudgeItem", "RubricJudge", "OpenAIJudge", "agreement", "make_judge", "parse_score"]
@@ -44,9 +46,6 @@ class JudgeItem:
     other_classes: tuple[str, ...] = ()  # classes of the same source that are NOT in the image (naming one is wrong)
 
 
-_NORMAL_RE = re.compile(r"\b(no (visible |obvious |significant )?(abnormal|lesion|finding)|nothing abnormal"
-                        r"|normal (image|study|scan)|(image|study|scan) (is|appears|looks) normal|unremarkable"
-                        r"|within normal limits)", re.I)
 _DETECT_RE = re.compile(r"\b(abnormal|lesion|finding|detect|present|observe|shows?|visible|there is|there are)", re.I)
 _LOCATE_RE = re.compile(r"\b(locat|locali|region|box|area|at \[|position|upper|lower|left|right|cent(er|re))", re.I)
 _RECOG_RE = re.compile(r"\b(diagnos|consistent with|suggest|recogni|likely|class|impression|indicat|is an?|identified)",
@@ -77,8 +76,7 @@ class RubricJudge:
         boxes = parse_boxes(it.response, it.box_format)
         text = it.response
         if not it.labels:  # normal image: say so, write no box
-            says_normal = bool(_NORMAL_RE.search(text))
-            return 0.7 * says_normal + 0.3 * (len(boxes) == 0)
+            return 0.7 * says_normal(text) + 0.3 * (len(boxes) == 0)
         labels, syn = list(dict.fromkeys(it.labels)), tuple(it.synonyms)
         if len(labels) == 1:
             n_named = int(_names_class(text, (labels[0],) + syn))

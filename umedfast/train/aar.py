@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from umedfast.answers import says_normal
+from umedfast.boxes import parse_boxes
 from umedfast.config import PPOConfig
 from umedfast.rewards.alr import alr_from_text
 from umedfast.rewards.combine import CombinedReward, combine_rewards
@@ -89,9 +91,6 @@ def credit_normal_answers(texts: list[str], normal: list[bool], vrr: torch.Tenso
     answer a negative advantage, and PPO learns never to answer normal (measured: 8 of 40 normal test images
     answered correctly after SFT, 0 after full-AAR PPO; 8 after PPO without VRR). Crediting the correct normal
     answer restores parity: "there is nothing to attend to" is perfectly grounded."""
-    from umedfast.boxes import parse_boxes
-    from umedfast.eval.naming import says_normal
-
     vrr, written = vrr.clone(), written.clone()
     for i, (text, is_normal) in enumerate(zip(texts, normal)):
         if is_normal:

@@ -1,4 +1,7 @@
-"""Which abnormal classes does a response name, and does it say the image is normal?
+"""Reading an answer: which abnormal classes it names, and whether it says the image is normal.
+
+The one home of these rules, shared by the metric (``umedfast.eval.mau``), the rubric judge
+(``umedfast.rewards.judge``), the normal-image VRR credit (``umedfast.train``) and the LLM writer's answer check.
 
 A class is named when its label or one of its synonyms (``umedfast.data.CLASS_SYNONYMS[source][label]``) occurs
 as whole words, case-insensitive, and is not negated. Rules:
