@@ -47,7 +47,7 @@ def demo_config(out_dir: str, sft_steps: int, ppo_steps: int, threads: int, extr
 
 def run_demo(cfg) -> dict:
     """Both stages as ``umedfast-train --stage all`` runs them; returns wall seconds per stage."""
-    from umedfast.train.common import setup_threads
+    from umedfast.train.runtime import setup_threads
     from umedfast.train.ppo import run_ppo
     from umedfast.train.sft import run_sft
 

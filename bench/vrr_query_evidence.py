@@ -8,7 +8,7 @@ import sys, torch
 from umedfast.data import read_mau, splits, record_targets
 from umedfast.model import load_checkpoint
 from umedfast.train.rollout import sample_candidates
-from umedfast.train.aar import compute_vrr
+from umedfast.train.rollout_rewards import compute_vrr
 from umedfast.rewards.alr import alr_from_text
 
 ckpt, data, nq = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -46,7 +46,8 @@ def test_bench_times_the_training_step(one_thread, records, advantage, monkeypat
 
 
 def test_prefix_shared_outputs_match_full_forward(one_thread, records):
-    from umedfast.train.rollout import policy_outputs, sample_candidates
+    from umedfast.train.logprobs import policy_outputs
+    from umedfast.train.rollout import sample_candidates
 
     torch.manual_seed(0)
     step = bps.UmedfastStep("gae", sizes=bps.StepSizes(queries=2, k=3, max_new_tokens=6), records=records)

@@ -1,7 +1,7 @@
 """umedfast-train argument handling (no model is loaded on these paths)."""
 import pytest
 
-from umedfast.cli import build_parser, resolve, train_main
+from umedfast.cli.train import build_parser, main as train_main, resolve
 
 
 def test_flags_map_to_config():

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from umedfast.data import read_mau
-from umedfast.data.cli import main
+from umedfast.cli.data import main
 
 
 def test_synth_then_stats(tmp_path, capsys):
@@ -65,5 +65,5 @@ def test_build_with_llm_writer(tmp_path, capsys, monkeypatch):
 
 
 def test_console_script_help():
-    r = subprocess.run([sys.executable, "-m", "umedfast.data.cli", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "umedfast.cli.data", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "synth" in r.stdout and "build" in r.stdout and "stats" in r.stdout

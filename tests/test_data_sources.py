@@ -9,7 +9,7 @@ from PIL import Image
 from umedfast.data import load_image, load_source
 from umedfast.data.build import findings_to_records, write_records
 from umedfast.data.sources import SourceFormatError
-from umedfast.data.sources.common import safe_join
+from umedfast.data.sources.base import safe_join
 
 DL_HEADER = ("File_name,Patient_index,Study_index,Series_ID,Key_slice_index,Measurement_coordinates,Bounding_boxes,"
              "Lesion_diameters_Pixel_,Normalized_lesion_location,Coarse_lesion_type,Possibly_noisy,Slice_range,"

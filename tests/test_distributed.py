@@ -150,7 +150,7 @@ def _rows():
 
 def _backward(net, rows, sl, d):
     from umedfast.config import PPOConfig
-    from umedfast.train.ppo import minibatch_loss
+    from umedfast.train.ppo_step import minibatch_loss
 
     feats, toks, mask, old_lp, adv, ret = (t[sl] for t in rows)
     out = net(feats)

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from umedfast.data.benchmarks import BenchSample
-from umedfast.eval.benchmarks import (benchmark_metrics, closed_correct, open_recall, parse_choice, roc_auc)
+from umedfast.eval.benchmark_metrics import (benchmark_metrics, closed_correct, open_recall, parse_choice, roc_auc)
 
 
 def test_closed_yes_no_and_short_answers():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from umedfast.eval import tables as T
-from umedfast.eval.cli import main
+from umedfast.cli.eval import main
 
 
 def _res(per_source, **top):
@@ -158,8 +158,8 @@ def test_bench_cli_pneumoniamnist_auc(tmp_path, capsys):
 
 
 def test_ablation_run_commands_resolve_in_the_training_cli(tmp_path, capsys):
-    from umedfast.cli import build_parser, resolve
-    from umedfast.eval.cli import ablation_commands
+    from umedfast.cli.train import build_parser, resolve
+    from umedfast.cli.eval import ablation_commands
 
     cfgs = {k: resolve(build_parser().parse_args(argv)) for k, argv in
             ablation_commands(tmp_path, None, ["sft.epochs=1"])}
@@ -201,7 +201,7 @@ def test_pooled_paired_deltas_by_hand():
 
 
 def test_default_row_names_never_collide():
-    from umedfast.eval.cli import _names
+    from umedfast.cli.eval import _names
 
     assert _names(["runs/a/sft/final", "runs/b/sft/final", "tiny-llava", "tiny-llava"], None) == \
         ["a-sft-final", "b-sft-final", "tiny-llava", "tiny-llava-2"]
@@ -219,7 +219,7 @@ def test_bad_paths_give_one_line_errors(tmp_path, capsys):
 
 def test_run_generalization_split_prints_held_out_columns(synth_data, tmp_path, monkeypatch, capsys):
     """--generalization evaluates only the held-out part and adds its table (model replaced by gold answers)."""
-    import umedfast.eval.cli as cli
+    import umedfast.cli.eval as cli
     import umedfast.eval.mau as mau
 
     jsonl, recs = synth_data
@@ -254,7 +254,7 @@ def test_ablation_run_trains_all_four_end_to_end_and_resumes_a_crashed_one(tmp_p
 
     ppo = ["ppo.steps=1", "ppo.queries_per_step=2", "ppo.k=2", "ppo.max_new_tokens=8", "ppo.minibatch_size=2",
            "ppo.ppo_epochs=1", "sft.max_steps=2"]
-    cmd = [sys.executable, "-m", "umedfast.eval.cli", "ablation", "--root", str(tmp_path), "--run", "--seeds", "0",
+    cmd = [sys.executable, "-m", "umedfast.cli.eval", "ablation", "--root", str(tmp_path), "--run", "--seeds", "0",
            "--rows", "full,wo_vrr,wo_alr", *TINY, *ppo]
     p = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from umedfast.eval.cli import main as eval_main
+from umedfast.cli.eval import main as eval_main
 from umedfast.eval.mau import evaluate_and_write
 from umedfast.eval.paired import mcnemar_exact, paired_deltas, read_predictions
 

@@ -38,11 +38,11 @@ def train(*args, **kw):
 
 
 def evaluate(*args, **kw):
-    return _run("umedfast.eval.cli", *args, **kw)
+    return _run("umedfast.cli.eval", *args, **kw)
 
 
 def data(*args, **kw):
-    return _run("umedfast.data.cli", *args, **kw)
+    return _run("umedfast.cli.data", *args, **kw)
 
 
 def _record(i, image, **kw):

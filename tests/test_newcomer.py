@@ -48,7 +48,7 @@ def readme_demo_command() -> list[str]:
 def _console(argv: list[str]) -> list[str]:
     """The console script itself when it is on PATH (as the README user types it), else ``python -m``."""
     exe = shutil.which(argv[0])
-    module = {"umedfast-train": "umedfast.cli", "umedfast-data": "umedfast.data.cli"}[argv[0]]
+    module = {"umedfast-train": "umedfast.cli", "umedfast-data": "umedfast.cli.data"}[argv[0]]
     return [exe, *argv[1:]] if exe else [sys.executable, "-m", module, *argv[1:]]
 
 
@@ -142,14 +142,14 @@ def test_data_synth_and_build_with_relative_paths(tmp_path):
 
 def test_threads_auto_counts_idle_cores(monkeypatch):
     from umedfast.config import load_config
-    from umedfast.train import common
+    from umedfast.train import runtime
 
     assert load_config(None).threads == "auto"  # the default
     ticks = iter([{0: (100, 1000), 1: (100, 1000)},      # idle, total ticks per CPU at start
                   {0: (130, 1030), 1: (100, 1030)}])     # CPU 0 idle throughout, CPU 1 busy
-    monkeypatch.setattr(common, "_cpu_times", lambda cpus: next(ticks))
+    monkeypatch.setattr(runtime, "_cpu_times", lambda cpus: next(ticks))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    free, usable, how = common.free_cores(window_s=0.0)
+    free, usable, how = runtime.free_cores(window_s=0.0)
     assert (free, usable) == (1, 2) and "1.0 of 2 usable cores idle" in how
 
 

@@ -3,7 +3,7 @@ import signal
 import subprocess
 import time
 
-from umedfast.train.checkpoint import EpochOrder
+from umedfast.train.data_order import EpochOrder
 
 from _train_helpers import env, metrics, run, train_cmd
 

@@ -7,7 +7,7 @@ from umedfast.config import PPOConfig
 from umedfast.data import synth
 from umedfast.model import TinySizes, load_vlm
 from umedfast.rewards.judge import RubricJudge
-from umedfast.train.aar import class_token_mask, score_rollout
+from umedfast.train.rollout_rewards import class_token_mask, score_rollout
 from umedfast.train.rollout import rollout_from_texts
 
 

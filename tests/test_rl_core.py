@@ -74,7 +74,8 @@ def test_critic_gradient_never_reaches_the_backbone(tiny):
     """Backbone gradients are identical with vf_coef 0 and 0.5; the value head gets a gradient only from vf."""
     from umedfast.train.distributed import Dist
     from umedfast.train.ppo_step import minibatch_loss
-    from umedfast.train.rollout import policy_outputs, sample_candidates
+    from umedfast.train.logprobs import policy_outputs
+    from umedfast.train.rollout import sample_candidates
 
     recs, bundle, pwv = tiny
     torch.manual_seed(0)
@@ -129,7 +130,8 @@ def test_lambda_one_removes_the_positional_bias_of_early_advantages():
 def test_critic_warmup_updates_only_the_value_head(tiny):
     from umedfast.train.distributed import Dist
     from umedfast.train.ppo_step import minibatch_loss
-    from umedfast.train.rollout import policy_outputs, sample_candidates
+    from umedfast.train.logprobs import policy_outputs
+    from umedfast.train.rollout import sample_candidates
 
     recs, bundle, pwv = tiny
     ro = sample_candidates(bundle, recs[:1], k=2, temperature=1.0, top_p=1.0, max_new_tokens=5)
@@ -191,7 +193,7 @@ def test_uniform_groups_by_hand():
 
 # ------------------------------------------------------------------------------------------------ VRR query
 def test_vrr_query_producer_is_one_position_before_the_class_token(tiny):
-    from umedfast.train.aar import class_token_mask
+    from umedfast.train.rollout_rewards import class_token_mask
     from umedfast.train.rollout import rollout_from_texts
 
     recs, bundle, _ = tiny

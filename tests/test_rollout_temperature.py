@@ -12,7 +12,8 @@ import bench_ppo_step as bps  # noqa: E402
 
 def test_logprobs_entropy_and_reference_follow_the_temperature():
     from umedfast.model import model_inputs
-    from umedfast.train.rollout import policy_outputs, reference_logprobs, sample_candidates
+    from umedfast.train.logprobs import policy_outputs, reference_logprobs
+    from umedfast.train.rollout import sample_candidates
 
     torch.manual_seed(0)
     records = bps.synth_records()[:2]

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from umedfast.train.common import warmup_cosine
+from umedfast.train.lr_schedule import warmup_cosine
 from umedfast.train.metrics import MetricsLogger, NonFiniteGuard
 
 

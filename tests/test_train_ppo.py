@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from umedfast.train.distributed import Dist
-from umedfast.train.ppo import global_whiten
+from umedfast.train.ppo_step import global_whiten
 from umedfast.train.rollout import response_mask_from_ids
 
 from _train_helpers import metrics, run, train_cmd

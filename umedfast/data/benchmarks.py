@@ -22,7 +22,7 @@ from umedfast.errors import UserError
 
 import numpy as np
 
-from umedfast.data.sources.common import read_json
+from umedfast.data.sources.base import read_json
 
 BENCHMARKS = ("vqa_rad", "slake", "pmc_vqa", "pneumoniamnist")
 CHOICE_LETTERS = "ABCD"

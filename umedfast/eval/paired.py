@@ -9,7 +9,6 @@ A difference whose interval contains 0 is not evidence of a gain (at n = 293, on
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from umedfast.eval import tables as T
+from umedfast.model.checkpoint import load_model_or_checkpoint
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
@@ -146,8 +147,7 @@ def build_report(out_dir, *, eval_dirs: Sequence = (), names: Sequence[str] = ()
 
     if loaded and loaded[-1][2]:
         if bundle is None and checkpoint:
-            from umedfast.eval.cli import load_model
-            bundle = load_model(str(checkpoint), device)
+            bundle = load_model_or_checkpoint(str(checkpoint), device)
         picked = pick_samples(loaded[-1][2], n_samples)
         parts.append(f"<h2>Samples ({html.escape(loaded[-1][0])})</h2>"
                      '<p class="muted">green: ground truth; red dashed: boxes parsed from the answer</p>')

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from umedfast.model.templates import IMAGE_TOKEN, LLAVA_CHAT_TEMPLATE, SPECIAL_TOKENS
+from umedfast.model.chat_templates import IMAGE_TOKEN, LLAVA_CHAT_TEMPLATE, SPECIAL_TOKENS
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_tokenizer"
 

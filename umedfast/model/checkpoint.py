@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from umedfast.errors import UserError
 from umedfast.model.loading import ADAPTER_DIR, VLMBundle, default_dtype, load_vlm
 from umedfast.model.value import ValueHead
 
@@ -76,3 +77,13 @@ def load_checkpoint(ckpt_dir, *, device: str = "cpu", dtype: torch.dtype | None 
                       attn_implementation=attn_implementation)
     head = load_value_head(d / VALUE_HEAD_FILE, device) if (d / VALUE_HEAD_FILE).is_file() else None
     return bundle, head
+
+
+def load_model_or_checkpoint(spec: str, device: str = "cpu") -> VLMBundle:
+    """The policy of ``spec``: a checkpoint directory (:func:`save_checkpoint` layout) or a built-in tiny name
+    (``"tiny-llava"``, ``"tiny-qwen2-vl"``); used by evaluation and reports. Anything else is a ``UserError``."""
+    if Path(spec).is_dir():
+        return load_checkpoint(spec, device=device)[0]
+    if spec.startswith("tiny-"):
+        return load_vlm(spec, device=device)
+    raise UserError(f"--checkpoint {spec!r}: not a directory (and not a built-in tiny model name)")

@@ -124,3 +124,21 @@ def collate_chat(bundle, records: Sequence[Any], *, responses: Sequence[str] | N
     out = {k: v.to(param.device) for k, v in out.items()}
     out["pixel_values"] = out["pixel_values"].to(param.dtype)
     return out
+
+
+def select_rows(batch: dict, idx: torch.Tensor, bundle) -> dict:
+    """Rows ``idx`` of a scoring batch (handles Qwen2-VL's flattened ``pixel_values``)."""
+    out = {}
+    for key, v in batch.items():
+        if key == "pixel_values" and bundle.arch != "llava":
+            thw = batch["image_grid_thw"]
+            counts = (thw[:, 0] * thw[:, 1] * thw[:, 2]).tolist()
+            starts = [0]
+            for c in counts:
+                starts.append(starts[-1] + c)
+            out[key] = torch.cat([v[starts[i]:starts[i + 1]] for i in idx.tolist()])
+        elif torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == batch["input_ids"].shape[0]:
+            out[key] = v[idx]
+        else:
+            out[key] = v
+    return out

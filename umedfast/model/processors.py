@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers import LlavaProcessor, PreTrainedTokenizerFast, Qwen2VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from umedfast.model.templates import IMAGE_TOKEN, LLAVA_CHAT_TEMPLATE, QWEN2_VL_CHAT_TEMPLATE
+from umedfast.model.chat_templates import IMAGE_TOKEN, LLAVA_CHAT_TEMPLATE, QWEN2_VL_CHAT_TEMPLATE
 
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_tokenizer"
 

@@ -130,7 +130,7 @@ def language_model_dir() -> Path:
 
 
 def chat_template() -> str:
-    from umedfast.model.templates import LLAVA_CHAT_TEMPLATE  # noqa: PLC0415
+    from umedfast.model.chat_templates import LLAVA_CHAT_TEMPLATE  # noqa: PLC0415
 
     return LLAVA_CHAT_TEMPLATE  # ChatML with <image>\n: the same turn tokens as SmolLM2's own template
 

@@ -104,29 +104,6 @@ def use_fsdp(parallel: str, d: Dist) -> bool:
     return parallel == "fsdp2" and d.enabled
 
 
-def no_sync(module: torch.nn.Module, d: Dist, sync: bool):
-    """Context for one backward of a gradient-accumulation step: ``sync=False`` skips the gradient reduction
-    (DDP ``no_sync``, FSDP2 ``set_requires_gradient_sync``); the last micro-batch syncs."""
-    from contextlib import contextmanager, nullcontext
-
-    from umedfast.train.fsdp import is_sharded
-
-    if sync or not d.enabled:
-        return nullcontext()
-    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
-        return module.no_sync()
-    if is_sharded(module):
-        @contextmanager
-        def off():
-            module.set_requires_gradient_sync(False)
-            try:
-                yield
-            finally:
-                module.set_requires_gradient_sync(True)
-        return off()
-    return nullcontext()
-
-
 def cleanup(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -18,7 +18,7 @@ Every forward is a collective, which the rest of the loop respects:
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -245,3 +245,22 @@ def _is_fsdp_type(c: type) -> bool:
 
 def _is_fsdp_class(m) -> bool:
     return _is_fsdp_type(type(m))
+
+
+def no_sync(module: torch.nn.Module, d: Dist, sync: bool):
+    """Context for one backward of a gradient-accumulation step: ``sync=False`` skips the gradient reduction
+    (DDP ``no_sync``, FSDP2 ``set_requires_gradient_sync``); the last micro-batch syncs."""
+    if sync or not d.enabled:
+        return nullcontext()
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        return module.no_sync()
+    if is_sharded(module):
+        @contextmanager
+        def off():
+            module.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                module.set_requires_gradient_sync(True)
+        return off()
+    return nullcontext()

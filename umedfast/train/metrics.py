@@ -22,7 +22,7 @@ class MetricsLogger:
         which is what a resuming loop restores; a fresh run never meets old rows (the CLI refuses a used stage
         directory without ``--resume``). ``None`` keeps every row."""
         if keep_through == "auto":
-            from umedfast.train.checkpoint import latest_checkpoint
+            from umedfast.train.training_state import latest_checkpoint
 
             ckpt = latest_checkpoint(out_dir)
             keep_through = int(ckpt.name.split("-")[-1]) if ckpt is not None else 0

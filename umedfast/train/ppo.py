@@ -8,46 +8,24 @@ Writes ``OUTPUT/ppo/metrics.jsonl`` + TensorBoard events, checkpoints, ``OUTPUT/
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from umedfast.config import TrainConfig
-from umedfast.train.checkpoint import EpochOrder, latest_checkpoint, load_training_state, save_training_state
-from umedfast.train.common import load_policy, load_records, resolve_device, seed_everything, warmup_cosine
+from umedfast.train.data_order import EpochOrder
+from umedfast.train.training_state import latest_checkpoint, load_training_state, save_training_state
+from umedfast.train.run_data import load_records
+from umedfast.train.runtime import resolve_device, seed_everything
+from umedfast.train.lr_schedule import warmup_cosine
 from umedfast.train.distributed import Dist, barrier
 from umedfast.train.fsdp import checkpoint_views, gathered_for_save, local_fraction
 from umedfast.train.interrupt import Interrupted, stop_agreed
 from umedfast.train.length_check import check_generation_cap
 from umedfast.train.metrics import MetricsLogger
-from umedfast.train.ppo_step import build_state, global_whiten, minibatch_loss, ppo_step  # noqa: F401 (re-export)
+from umedfast.train.ppo_step import build_state, ppo_step
 from umedfast.train.sft import evaluate
-
-
-def init_path(cfg: TrainConfig) -> str:
-    """The policy stage 2 starts from: ``ppo.init_from``, else the SFT output, else ``model.name``."""
-    if cfg.ppo.init_from:
-        return cfg.ppo.init_from
-    sft_final = Path(cfg.output_dir) / "sft" / "final"
-    return str(sft_final) if (sft_final / "config.json").is_file() else cfg.model.name
-
-
-def build_policy_and_reference(cfg: TrainConfig, device: str):
-    """(bundle, reference model or None). LoRA: SFT adapters (if any) are merged, fresh adapters are trained and the
-    reference is the model with adapters disabled. Full fine-tune: the reference is a frozen copy."""
-    from umedfast.model import LoraSettings, add_lora
-
-    bundle = load_policy(cfg, device, init_path(cfg), lora=False)
-    if bundle.has_adapters:  # an SFT checkpoint trained with LoRA: its adapters become part of the reference
-        bundle.model = bundle.model.merge_and_unload()
-    if cfg.model.lora:
-        m = cfg.model
-        add_lora(bundle, LoraSettings(r=m.lora_r, alpha=m.lora_alpha, dropout=m.lora_dropout))
-        return bundle, None
-    ref = copy.deepcopy(bundle.model).eval().requires_grad_(False)
-    return bundle, ref
 
 
 def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict:

@@ -22,7 +22,9 @@ from umedfast.rl import (gae_advantages, group_advantages, kl_penalty, masked_me
                          value_loss)
 from umedfast.train.distributed import Dist, all_gather_floats, all_reduce_sum
 from umedfast.train.metrics import NonFiniteGuard
-from umedfast.train.rollout import Rollout, policy_outputs, reference_logprobs, sample_candidates, select_rows
+from umedfast.train.rollout import Rollout, sample_candidates
+from umedfast.train.logprobs import policy_outputs, reference_logprobs
+from umedfast.model.collate import select_rows
 
 
 @dataclass
@@ -53,7 +55,7 @@ class PPOState:
 class Scored:
     """Scoring of a rollout. Float[B, L]: ``old_lp`` (sampling policy), ``old_v`` (critic), ``ref_lp`` (reference),
     ``kl`` (k-estimator of the config, per token); ``seq_reward`` Float[B] (AAR total minus penalties); ``rewards``
-    the parts (``umedfast.train.aar.RolloutRewards``); ``first`` = (lp, v, entropy) WITH grad when one minibatch
+    the parts (``umedfast.train.rollout_rewards.RolloutRewards``); ``first`` = (lp, v, entropy) WITH grad when one minibatch
     of one epoch covers the batch (the training forward is then also the scoring forward), else None."""
 
     old_lp: torch.Tensor
@@ -70,10 +72,10 @@ def build_state(cfg: TrainConfig, d: Dist, device: str) -> PPOState:
     """Policy (+ value head), frozen reference, optimizer and judge from a training config (wraps for DDP/FSDP2)."""
     from umedfast.model import PolicyWithValue, ValueHead, hidden_size
     from umedfast.rewards.judge import make_judge
-    from umedfast.train.common import trainable
+    from umedfast.train.policy import trainable
     from umedfast.train.distributed import use_fsdp, wrap_ddp
     from umedfast.train.fsdp import RootPolicyWithValue, shard_model, shard_small
-    from umedfast.train.ppo import build_policy_and_reference
+    from umedfast.train.policy import build_policy_and_reference
 
     p = cfg.ppo
     bundle, ref = build_policy_and_reference(cfg, device)
@@ -135,7 +137,7 @@ def sequence_reward(p: PPOConfig, total: torch.Tensor, truncated: torch.Tensor) 
 
 def score(st: PPOState, ro: Rollout) -> Scored:
     """Old log-probs and values, reference log-probs, per-token KL and the AAR rewards of ``ro``."""
-    from umedfast.train.aar import score_rollout
+    from umedfast.train.rollout_rewards import score_rollout
 
     p, mask, resp, pw = st.cfg, ro.response_mask.to(st.device), ro.response_ids, ro.prompt_width
     one = single_pass(p, resp.shape[0])

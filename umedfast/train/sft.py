@@ -15,11 +15,14 @@ from tqdm.auto import tqdm
 
 from umedfast.config import TrainConfig
 from umedfast.errors import UserError
-from umedfast.train.checkpoint import EpochOrder, latest_checkpoint, load_training_state, save_training_state
-from umedfast.train.common import (autocast, load_policy, load_records, resolve_device, seed_everything,
-                                   trainable, warmup_cosine)
-from umedfast.train.distributed import Dist, all_reduce_sum, barrier, no_sync, use_fsdp, wrap_ddp
-from umedfast.train.fsdp import (checkpoint_views, gathered_for_save, is_sharded, local_fraction, scalar,
+from umedfast.train.data_order import EpochOrder
+from umedfast.train.training_state import latest_checkpoint, load_training_state, save_training_state
+from umedfast.train.runtime import autocast, resolve_device, seed_everything
+from umedfast.train.policy import load_policy, trainable
+from umedfast.train.run_data import load_records
+from umedfast.train.lr_schedule import warmup_cosine
+from umedfast.train.distributed import Dist, all_reduce_sum, barrier, use_fsdp, wrap_ddp
+from umedfast.train.fsdp import (checkpoint_views, gathered_for_save, is_sharded, local_fraction, no_sync, scalar,
                                  shard_model)
 from umedfast.train.interrupt import Interrupted, stop_agreed
 from umedfast.train.metrics import MetricsLogger, NonFiniteGuard

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from umedfast.data.sources.common import FindingList, SourceFormatError
+from umedfast.data.sources.base import FindingList, SourceFormatError
 
 LOADERS = ("deeplesion", "kidneystone", "nih", "tbx11k", "kvasir")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from umedfast.data.classes import DEEPLESION_TYPES
 from umedfast.data.records import Finding
-from umedfast.data.sources.common import (Collector, ImageIndex, SourceFormatError, check_box, csv_text,
+from umedfast.data.sources.base import (Collector, ImageIndex, SourceFormatError, check_box, csv_text,
                                           image_size, parse_floats, require_file)
 
 REQUIRED = ("File_name", "Bounding_boxes", "Coarse_lesion_type", "DICOM_windows")

@@ -11,7 +11,7 @@ import yaml
 from umedfast.boxes import yolo_to_xyxy
 from umedfast.data.records import Finding
 from umedfast.data.sources.coco import load_coco
-from umedfast.data.sources.common import (Collector, ImageIndex, SourceFormatError, check_box, image_size,
+from umedfast.data.sources.base import (Collector, ImageIndex, SourceFormatError, check_box, image_size,
                                           read_text)
 
 SPLITS = {"train": "train", "valid": "val", "val": "val", "test": "test"}

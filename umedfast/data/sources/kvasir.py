@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from umedfast.data.records import Finding
-from umedfast.data.sources.common import (Collector, ImageIndex, SourceFormatError, check_box, image_size, need,
+from umedfast.data.sources.base import (Collector, ImageIndex, SourceFormatError, check_box, image_size, need,
                                           read_json, require_file)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from umedfast.boxes import xywh_to_xyxy
 from umedfast.data.classes import NIH_LABELS
 from umedfast.data.records import Finding
-from umedfast.data.sources.common import (Collector, ImageIndex, SourceFormatError, check_box, csv_text,
+from umedfast.data.sources.base import (Collector, ImageIndex, SourceFormatError, check_box, csv_text,
                                           image_size, require_file)
 
 

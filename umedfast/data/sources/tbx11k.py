@@ -6,7 +6,7 @@ from pathlib import Path
 
 from umedfast.data.classes import TBX11K_LABELS
 from umedfast.data.sources.coco import load_coco
-from umedfast.data.sources.common import Collector, ImageIndex, SourceFormatError
+from umedfast.data.sources.base import Collector, ImageIndex, SourceFormatError
 
 FILES = {"train": "TBX11K_train_only_tb.json", "val": "TBX11K_val_only_tb.json"}
 

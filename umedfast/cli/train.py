@@ -81,7 +81,7 @@ def _check_inputs(cfg) -> None:
         raise UserError(f"cannot create or write the output directory {str(out)!r}: {e.strerror or e}") from None
 
 
-def train_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line and return 2, Ctrl-C prints how to resume and returns 130."""
     args = build_parser().parse_intermixed_args(argv)  # options may follow the key=value overrides
     from umedfast.config import resolve_paths, save_config
@@ -95,7 +95,7 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"umedfast-train: {e}", file=sys.stderr)
         return 2
     if not args.resume:  # never mix a new run into an old one's metrics and checkpoints
-        from umedfast.train.checkpoint import previous_run
+        from umedfast.train.training_state import previous_run
 
         for stage in [s for s in ("sft", "ppo") if cfg.stage in (s, "all")]:
             found = previous_run(Path(cfg.output_dir) / stage)
@@ -107,7 +107,7 @@ def train_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stage_now = cfg.stage
     try:
-        from umedfast.train.common import resolve_device, setup_threads
+        from umedfast.train.runtime import resolve_device, setup_threads
         from umedfast.train.distributed import cleanup, init_distributed
 
         setup_threads(cfg, local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
@@ -169,4 +169,4 @@ def _headline(ev: dict | None) -> dict | None:
 
 
 if __name__ == "__main__":
-    sys.exit(train_main())
+    sys.exit(main())

@@ -25,15 +25,10 @@ METRICS = ("accuracy", "mean_iou", "acc_iou50", "format_ok")
 
 
 def load_model(spec: str, device: str):
-    """A checkpoint directory (save_checkpoint layout) or a tiny built-in name ("tiny-llava", "tiny-qwen2-vl")."""
-    from umedfast.model import load_vlm
+    """The policy to evaluate (``umedfast.model.checkpoint.load_model_or_checkpoint``)."""
+    from umedfast.model.checkpoint import load_model_or_checkpoint  # torch: only after the instant input checks
 
-    if Path(spec).is_dir():
-        from umedfast.model import load_checkpoint
-        return load_checkpoint(spec, device=device)[0]
-    if spec.startswith("tiny-"):
-        return load_vlm(spec, device=device)
-    raise SystemExit(f"--checkpoint {spec!r}: not a directory (and not a built-in tiny model name)")
+    return load_model_or_checkpoint(spec, device)
 
 
 def check_checkpoint(spec: str) -> None:
@@ -244,7 +239,7 @@ def cmd_ablation(a) -> int:
 
 def cmd_bench(a) -> int:
     from umedfast.data.benchmarks import load_benchmark
-    from umedfast.eval.benchmarks import evaluate_benchmark
+    from umedfast.eval.benchmark_metrics import evaluate_benchmark
 
     kw = {"split": a.split} if a.split else {}
     samples = load_benchmark(a.benchmark, a.root, **kw)

@@ -18,59 +18,16 @@ import json
 import os
 import random
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
+from umedfast.train.data_order import EpochOrder
 from umedfast.train.distributed import Dist, barrier
 
 STEP_PREFIX = "step-"
-
-
-@dataclass
-class EpochOrder:
-    """Deterministic per-epoch permutation of ``n`` items, consumed in global batches that never cross an epoch.
-
-    Its state is ``(epoch, pos)``; restoring it continues the same permutation, so no item is seen twice in an
-    epoch across a kill/resume. A tail shorter than the batch is skipped (every global batch has the same size, so
-    every rank gets the same share).
-    """
-
-    n: int
-    seed: int = 0
-    epoch: int = 0
-    pos: int = 0
-
-    def permutation(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g).tolist()
-
-    def batches_per_epoch(self, size: int) -> int:
-        return self.n // size
-
-    def next_batch(self, size: int) -> tuple[int, list[int]]:
-        """Return ``(epoch, indices)`` of the next global batch of ``size`` and advance."""
-        if size > self.n:
-            raise ValueError(f"batch of {size} is larger than the {self.n} training records")
-        if self.pos + size > self.n:
-            self.epoch, self.pos = self.epoch + 1, 0
-        idx = self.permutation(self.epoch)[self.pos:self.pos + size]
-        self.pos += size
-        return self.epoch, idx
-
-    def state_dict(self) -> dict:
-        return {"n": self.n, "seed": self.seed, "epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, s: dict) -> None:
-        if s["n"] != self.n or s["seed"] != self.seed:
-            from umedfast.errors import UserError
-
-            raise UserError(f"checkpoint was taken on {s['n']} records with seed {s['seed']}, this run has "
-                            f"{self.n} with seed {self.seed}: the data changed, cannot resume")
-        self.epoch, self.pos = int(s["epoch"]), int(s["pos"])
 
 
 def _rng_state() -> dict:
