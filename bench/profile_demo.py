@@ -50,14 +50,15 @@ def run_demo(cfg) -> dict:
     from umedfast.train.runtime import setup_threads
     from umedfast.train.ppo import run_ppo
     from umedfast.train.sft import run_sft
+    from umedfast.eval.mau import evaluate_and_write
 
     setup_threads(cfg)
     times = {}
     t0 = time.perf_counter()
-    run_sft(cfg)
+    run_sft(cfg, write_eval=evaluate_and_write)
     times["sft"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    run_ppo(cfg)
+    run_ppo(cfg, write_eval=evaluate_and_write)
     times["ppo"] = time.perf_counter() - t0
     return times
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
+from umedfast.boxes import FORMATS
 from umedfast.errors import UserError
-
 
 PARALLEL_MODES = ("ddp", "fsdp2")   # TrainConfig.parallel (checked here and by umedfast.train.distributed)
 GROUP_NORMS = ("max", "none")       # PPOConfig.alr_norm / vrr_norm (umedfast.rewards.combine.group_normalize)
@@ -244,7 +244,6 @@ def threads_value(threads: str) -> int | str:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check enumerations and ranges before anything is loaded; raises ConfigError naming the offending key."""
-    from umedfast.boxes import FORMATS
 
     p, s, d, m = cfg.ppo, cfg.sft, cfg.data, cfg.model
     checks = [

@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stage_now = cfg.stage
     try:
-        from umedfast.train.runtime import resolve_device, setup_threads
+        # torch and the trainers load only here, once the input checks above have passed (one-line refusals < 1 s)
+        from umedfast.eval.mau import evaluate_and_write  # the stages' eval.json writer (umedfast.train.heldout)
         from umedfast.train.distributed import cleanup, init_distributed
+        from umedfast.train.runtime import resolve_device, setup_threads
 
         setup_threads(cfg, local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
         d = init_distributed("cuda" if cfg.device != "cpu" and _cuda() else "cpu")
@@ -124,14 +126,14 @@ def main(argv: list[str] | None = None) -> int:
                     from umedfast.train.sft import run_sft
 
                     stage_now = "sft"
-                    results["sft"] = run_sft(cfg, d, resume=args.resume)
+                    results["sft"] = run_sft(cfg, d, resume=args.resume, write_eval=evaluate_and_write)
                     if stop_requested() and cfg.stage == "all":  # Ctrl-C during SFT's last step or evaluation
                         raise Interrupted("sft", results["sft"]["steps"], None)
                 if cfg.stage in ("ppo", "all"):
                     from umedfast.train.ppo import run_ppo
 
                     stage_now = "ppo"
-                    results["ppo"] = run_ppo(cfg, d, resume=args.resume)
+                    results["ppo"] = run_ppo(cfg, d, resume=args.resume, write_eval=evaluate_and_write)
         finally:
             cleanup(d)
     except UserError as e:

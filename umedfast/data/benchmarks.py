@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from umedfast.errors import UserError
-
 import numpy as np
 
 from umedfast.data.sources.base import read_json
+from umedfast.errors import UserError
 
 BENCHMARKS = ("vqa_rad", "slake", "pmc_vqa", "pneumoniamnist")
 CHOICE_LETTERS = "ABCD"

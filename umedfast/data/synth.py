@@ -28,6 +28,7 @@ processes gives identical files.
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -431,7 +432,6 @@ def generate(n: int, out_dir, *, seed: int = 0, image_size: int = 224, box_forma
             records += _make_records(j)
             bar.update(len(j[0]))
     else:
-        import multiprocessing as mp
 
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         with ProcessPoolExecutor(workers, mp_context=ctx) as ex:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from umedfast.eval.paired import PairedDelta, _bootstrap, mcnemar_exact, read_predictions
+from umedfast.eval.paired import PairedDelta, _bootstrap, mcnemar_exact, paired_deltas, read_predictions
 
 # row key -> (label, umedfast-train flags); the order of the paper's Table 6 (SFT first, full AAR last)
 ROWS = {
@@ -82,7 +82,6 @@ def pooled_deltas(base: dict[str, dict], runs: list[dict[str, dict]], *, n_boot:
 def ablation_report(root, rows=ROWS, n_boot: int = 2000) -> tuple[str, dict]:
     """Text table (one line per row: seeds, metrics, pooled deltas vs SFT [95% CI]; then per-seed deltas) and
     a JSON-able dict of the same numbers. Rows without evaluated runs are skipped."""
-    from umedfast.eval.paired import paired_deltas
 
     sft_runs = seed_dirs(root, "wo_aar")
     if not sft_runs:

@@ -17,6 +17,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from umedfast.model import collate_chat, phrase_token_positions
+from umedfast.model.collate import model_inputs
+
 
 @dataclass
 class PatchAttention:
@@ -85,7 +88,6 @@ def _llava_extent(ip, orig_wh) -> tuple[float, float, float, float]:
 
 def class_positions(tokenizer, input_ids: Sequence[int], start: int, phrases: Sequence[str]) -> list[int]:
     """Indices (into input_ids) of the response tokens (from `start`) that spell any of `phrases`."""
-    from umedfast.model import phrase_token_positions
 
     resp = list(input_ids[start:])
     pos = set()
@@ -101,8 +103,6 @@ def patch_attention(bundle, image, query: str, response: str, phrases: Sequence[
     image: PIL image; phrases: class names / synonyms to look for in the response (all response tokens when none
     occurs). layers: language-model layer indices to average (default all).
     """
-    from umedfast.eval.mau import model_inputs
-    from umedfast.model import collate_chat
 
     batch = collate_chat(bundle, [{"image": image, "query": query, "response": response}])
     ids = batch["input_ids"][0]

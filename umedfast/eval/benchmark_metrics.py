@@ -16,6 +16,10 @@ import re
 from collections import defaultdict
 from typing import Sequence
 
+from umedfast.eval.mau import for_collate, generate_responses
+from umedfast.model import collate_chat
+from umedfast.model.collate import model_inputs
+
 _PUNCT = re.compile(r"[^\w\s]|_")
 
 
@@ -174,8 +178,6 @@ def positive_probability(bundle, samples, *, positive: str = "yes", negative: st
     """
     import torch
     from tqdm.auto import tqdm
-    from umedfast.eval.mau import for_collate, model_inputs
-    from umedfast.model import collate_chat
 
     model = bundle.model
     device = next(model.parameters()).device
@@ -207,7 +209,6 @@ def evaluate_benchmark(bundle, samples, *, batch_size: int = 8, max_new_tokens: 
 
     Returns (metrics, per-sample rows).
     """
-    from umedfast.eval.mau import generate_responses
 
     responses = generate_responses(bundle, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    progress=progress)

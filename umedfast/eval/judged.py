@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from umedfast.data import CLASS_SYNONYMS, record_targets
+from umedfast.rewards.judge import JudgeItem, make_judge
+
 
 def make_eval_judge(kind: str, *, base_url: str | None = None, model: str | None = None,
                     api_key_env: str = "UMEDFAST_JUDGE_API_KEY", concurrency: int = 8, timeout_s: float = 60.0):
     """The training judge configured for evaluation (failures return NaN instead of a neutral score)."""
-    from umedfast.rewards.judge import make_judge
 
     if kind == "openai":
         return make_judge("openai", base_url=base_url, model=model, api_key_env=api_key_env,
@@ -22,8 +24,6 @@ def make_eval_judge(kind: str, *, base_url: str | None = None, model: str | None
 
 
 def judge_items(records: Sequence[Any], responses: Sequence[str], *, box_format: str = "norm1000") -> list:
-    from umedfast.data import CLASS_SYNONYMS, record_targets
-    from umedfast.rewards.judge import JudgeItem
 
     items = []
     for r, resp in zip(records, responses):

@@ -23,8 +23,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from umedfast.box_matching import best_matching, iou_matrix
+import torch
+from tqdm.auto import tqdm
+
 from umedfast.answers import ClassNamer, build_vocab, says_normal
+from umedfast.box_matching import best_matching, iou_matrix
+from umedfast.boxes import parse_boxes
+from umedfast.data import CLASS_SYNONYMS, MAURecord, record_targets
+from umedfast.model.collate import collate_chat, model_inputs
 
 METRIC_KEYS = ("accuracy", "mean_iou", "acc_iou50", "format_ok")
 
@@ -41,12 +47,9 @@ def _get(rec: Any, name: str, default=None):
 
 
 def _targets(rec: Any) -> list[tuple[str, tuple[float, float, float, float]]]:
-    """(label, box xyxy in [0,1]) per finding; umedfast.data.record_targets when available."""
-    try:
-        from umedfast.data import record_targets
-    except ImportError:
-        record_targets = None
-    if record_targets is not None and not isinstance(rec, dict):
+    """(label, box xyxy in [0,1]) per finding: ``umedfast.data.record_targets`` for a record, the same formula for a
+    plain dict (predictions read back from JSONL)."""
+    if not isinstance(rec, dict):
         return [(str(lab), tuple(map(float, box))) for lab, box in record_targets(rec)]
     w, h = _get(rec, "image_size")
     out = []
@@ -57,15 +60,10 @@ def _targets(rec: Any) -> list[tuple[str, tuple[float, float, float, float]]]:
 
 
 def _synonym_table() -> dict:
-    try:
-        from umedfast.data import CLASS_SYNONYMS
-        return CLASS_SYNONYMS
-    except ImportError:
-        return {}
+    return CLASS_SYNONYMS
 
 
 def _parse(text: str, fmt: str, image_size):
-    from umedfast.boxes import parse_boxes
     return parse_boxes(text or "", fmt, image_size=tuple(image_size) if image_size is not None else None)
 
 
@@ -167,26 +165,10 @@ def mau_metrics(records: Sequence[Any], responses: Sequence[str], *, box_format:
     return aggregate(score_samples(records, responses, box_format=box_format, synonyms=synonyms))
 
 
-_BOOKKEEPING_KEYS = ("labels", "prompt_lengths", "orig_image_sizes")
-
-
-def model_inputs(batch: dict) -> dict:
-    """The part of a collated batch that model.forward / model.generate accept."""
-    try:
-        from umedfast.model.collate import model_inputs as _mi
-        return _mi(batch)
-    except ImportError:
-        return {k: v for k, v in batch.items() if k not in _BOOKKEEPING_KEYS}
-
-
 def for_collate(records: Sequence[Any]) -> list:
     """Records as collate_chat takes them. MAURecords pass through; any other record whose `image` is a path
     (benchmark samples) becomes {"image": PIL RGB image, "query": ...}, loaded here, one batch at a time."""
-    try:
-        from umedfast.data import MAURecord
-    except ImportError:
-        MAURecord = ()  # noqa: N806
-    from PIL import Image
+    from PIL import Image  # here: scoring saved predictions (umedfast-eval table/compare) needs no image library
 
     out = []
     for r in records:
@@ -213,10 +195,6 @@ def generate_responses(bundle, records: Sequence[Any], *, batch_size: int = 8, m
     Uses umedfast.model.collate_chat(for_generation=True) (left-padded prompts), so the new tokens of every row
     start at column input_ids.shape[1]. Greedy by default (deterministic).
     """
-    import torch
-    from tqdm.auto import tqdm
-    from umedfast.model import collate_chat
-
     model = bundle.model
     tok = bundle.tokenizer
     device = next(model.parameters()).device

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
+from umedfast.data.records import iter_jsonl
 from umedfast.errors import MissingPathError, UserError
 
 if TYPE_CHECKING:
@@ -46,7 +46,6 @@ class PredictionsError(UserError):
 def read_predictions(path: str | Path) -> dict[str, dict]:
     """``eval.predictions.jsonl`` (or its directory) -> {record id: scored sample}; malformed lines raise a
     ``UserError`` naming ``file:line``."""
-    from umedfast.data.records import iter_jsonl
 
     p = Path(path)
     if p.is_dir():

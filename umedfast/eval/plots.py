@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from umedfast.data.records import iter_jsonl
+
 GT_COLOR, PRED_COLOR = "#00e676", "#ff1744"
 
 
@@ -68,7 +70,6 @@ def _save(fig, path) -> Path:
 
 def read_metrics_jsonl(path) -> list[dict]:
     """Rows of a training metrics JSONL (umedfast.train.metrics.MetricsLogger); malformed lines are an error."""
-    from umedfast.data.records import iter_jsonl
 
     return [row for _, row in iter_jsonl(path, "metrics JSONL")]  # a bad line: UserError naming file:line
 

@@ -10,7 +10,11 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from umedfast.data import CLASS_SYNONYMS, load_image
+from umedfast.data.records import iter_jsonl
 from umedfast.eval import tables as T
+from umedfast.eval.attention_map import patch_attention
+from umedfast.eval.plots import plot_sample, plot_training_curves, read_metrics_jsonl
 from umedfast.model.checkpoint import load_model_or_checkpoint
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
@@ -40,7 +44,6 @@ def read_predictions(eval_dir) -> tuple[dict, list[dict]]:
     pred = ej.with_name(metrics.get("predictions") or (ej.stem + ".predictions.jsonl"))
     rows = []
     if pred.is_file():
-        from umedfast.data.records import iter_jsonl
 
         rows = [row for _, row in iter_jsonl(pred, "predictions JSONL")]  # malformed line: UserError file:line
     return metrics, rows
@@ -70,15 +73,12 @@ def _safe_name(s: str) -> str:
 
 
 def _sample_figures(rows, out_dir: Path, bundle) -> list[tuple[dict, Path, str]]:
-    from umedfast.data import CLASS_SYNONYMS, load_image
-    from umedfast.eval.plots import plot_sample
 
     figs = []
     for r in rows:
         img = load_image(r["image"])
         heat, extent, note = None, (0.0, 0.0, 1.0, 1.0), "no model given: attention map skipped"
         if bundle is not None:
-            from umedfast.eval.attention_map import patch_attention
             labels = list(dict.fromkeys(list(r.get("named") or []) + list(r.get("gt_labels") or [])))
             phrases = labels + [s for lab in labels for s in CLASS_SYNONYMS.get(r["source"], {}).get(lab, [])]
             # a class of another source ("mass" on a TB film) is still the class the answer commits to
@@ -140,7 +140,6 @@ def build_report(out_dir, *, eval_dirs: Sequence = (), names: Sequence[str] = ()
                 parts.append(f'<table class="results"><caption>{html.escape(bench)}</caption>{cells}</table>')
 
     if metrics_jsonl:
-        from umedfast.eval.plots import plot_training_curves, read_metrics_jsonl
         parts.append("<h2>Training curves</h2>")
         png = plot_training_curves(read_metrics_jsonl(metrics_jsonl), out / "training_curves.png")
         parts.append(_img_tag(png, "training curves") if png else '<p class="muted">no numeric metrics found</p>')

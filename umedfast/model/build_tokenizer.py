@@ -19,6 +19,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from umedfast.data import synth
+from umedfast.data.classes import CLASS_SYNONYMS
 from umedfast.model.chat_templates import IMAGE_TOKEN, LLAVA_CHAT_TEMPLATE, SPECIAL_TOKENS
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_tokenizer"
@@ -54,8 +56,6 @@ def _fallback_corpus(n: int = 4000, seed: int = 0) -> list[str]:
 def mau_corpus(n: int = 600, seed: int = 0) -> list[str]:
     """Queries + responses of ``n`` MAU-Synth records per (style, box format), plus every class name and synonym
     of the real sources (so real-data labels are a few tokens each, not spelled byte by byte)."""
-    from umedfast.data import synth  # noqa: PLC0415  (optional until the data package lands)
-    from umedfast.data.classes import CLASS_SYNONYMS  # noqa: PLC0415
 
     texts: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from umedfast.errors import UserError
-from umedfast.model.loading import ADAPTER_DIR, VLMBundle, default_dtype, load_vlm
+from umedfast.model.loading import ADAPTER_DIR, VLMBundle, check_model_dir, default_dtype, load_vlm
 from umedfast.model.value import ValueHead
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -70,7 +70,6 @@ def load_checkpoint(ckpt_dir, *, device: str = "cpu", dtype: torch.dtype | None 
 
     A separate critic, if saved, is at ``ckpt_dir/critic`` (load it with ``load_vlm(ckpt_dir/'critic').model``).
     """
-    from umedfast.model.loading import check_model_dir  # noqa: PLC0415
 
     d = check_model_dir(ckpt_dir, "checkpoint")  # missing files, pickles, truncated safetensors: one UserError line
     bundle = load_vlm(str(d), dtype=dtype or default_dtype(device), device=device,

@@ -12,6 +12,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from PIL import Image
+
+from umedfast.data import load_image
 
 # Keys of a collated batch that the HF forward accepts; the rest is bookkeeping for losses and rewards.
 MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
@@ -28,18 +31,11 @@ def _field(rec, name: str):
 
 def record_image(rec):
     """PIL RGB image of a record. ``rec.image`` may be a PIL image or a path; paths open through
-    ``umedfast.data.load_image`` (which windows 16-bit CT with ``rec.meta``) when the data package is present."""
-    from PIL import Image  # noqa: PLC0415
-
+    ``umedfast.data.load_image`` (which windows 16-bit CT with ``rec.meta``)."""
     img = _field(rec, "image")
     if isinstance(img, Image.Image):
         return img.convert("RGB")
     meta = (rec.get("meta") if isinstance(rec, dict) else getattr(rec, "meta", None)) or {}
-    try:
-        from umedfast.data import load_image  # noqa: PLC0415
-    except ImportError:  # the data package is optional for the model code
-        with Image.open(img) as im:
-            return im.convert("RGB")
     return load_image(img, meta=meta)
 
 

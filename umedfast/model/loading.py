@@ -88,7 +88,6 @@ def model_class(arch: str):
 
 
 def _build_tiny(family: str, sizes: TinySizes, seed: int):
-    from umedfast.model import processors, tiny  # noqa: PLC0415
 
     if family == "llava":
         proc = processors.tiny_llava_processor(sizes.image_size, sizes.patch_size)
@@ -103,8 +102,13 @@ def _build_tiny(family: str, sizes: TinySizes, seed: int):
     return model, proc
 
 
-from umedfast.model_files import (PICKLE_WEIGHTS, TOKENIZER_FILES, check_model_dir,  # noqa: E402,F401
-                                  check_safetensors)
+import importlib
+from dataclasses import replace
+
+from umedfast.errors import UserError
+from umedfast.model import processors, tiny
+from umedfast.model.processors import load_processor
+from umedfast.model_files import PICKLE_WEIGHTS, TOKENIZER_FILES, check_model_dir, check_safetensors  # noqa: E402,F401
 
 
 def load_vlm(name_or_path: str = "tiny-llava", *, dtype: torch.dtype | None = None, device: str = "cpu",
@@ -116,13 +120,11 @@ def load_vlm(name_or_path: str = "tiny-llava", *, dtype: torch.dtype | None = No
     """
     dtype = dtype or default_dtype(device)
     if name_or_path in PRESETS:
-        import importlib  # noqa: PLC0415
 
         arch = TINY_NAMES[name_or_path]
         model, proc = importlib.import_module(PRESETS[name_or_path]).build(name_or_path, tiny, seed)
         model.set_attn_implementation(attn_implementation)
         if lora is not None and not lora.modules_to_save:  # fresh vision parts train fully beside the adapters
-            from dataclasses import replace  # noqa: PLC0415
 
             lora = replace(lora, modules_to_save=tuple(getattr(importlib.import_module(PRESETS[name_or_path]),
                                                                "PRESET_MODULES_TO_SAVE", ())))
@@ -133,8 +135,6 @@ def load_vlm(name_or_path: str = "tiny-llava", *, dtype: torch.dtype | None = No
     else:
         path = check_model_dir(name_or_path, builtin=sorted(TINY_NAMES))
         from transformers import AutoConfig  # noqa: PLC0415
-
-        from umedfast.model.processors import load_processor  # noqa: PLC0415
 
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
         arch = arch_of(config)
@@ -194,8 +194,6 @@ def add_lora(bundle: VLMBundle, s: LoraSettings) -> VLMBundle:
 
 def _load_adapter(bundle: VLMBundle, adapter_dir: Path) -> None:
     from peft import PeftModel  # noqa: PLC0415
-
-    from umedfast.errors import UserError  # noqa: PLC0415
 
     if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():  # never let peft unpickle adapter_model.bin
         raise UserError(f"LoRA adapter {adapter_dir} has no adapter_model.safetensors; umedfast loads safetensors only")

@@ -6,6 +6,7 @@ plain ``Qwen2VLProcessor`` so a saved directory loads with ``AutoProcessor`` whe
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from transformers import LlavaProcessor, PreTrainedTokenizerFast, Qwen2VLProcessor
@@ -79,7 +80,6 @@ def load_processor(path: str | Path, arch: str):
 
 
 def _read_chat_template(path: Path) -> str | None:
-    import json  # noqa: PLC0415
 
     if (path / "chat_template.jinja").is_file():
         return (path / "chat_template.jinja").read_text()

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from umedfast.errors import UserError
+from umedfast.model.chat_templates import LLAVA_CHAT_TEMPLATE
 from umedfast.model.tiny import TinySizes
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,6 @@ def language_model_dir() -> Path:
     d = _cached_dir()
     if d is not None:
         return d
-    from umedfast.errors import UserError  # noqa: PLC0415
 
     why = missing_requirements()
     if why:
@@ -130,7 +131,6 @@ def language_model_dir() -> Path:
 
 
 def chat_template() -> str:
-    from umedfast.model.chat_templates import LLAVA_CHAT_TEMPLATE  # noqa: PLC0415
 
     return LLAVA_CHAT_TEMPLATE  # ChatML with <image>\n: the same turn tokens as SmolLM2's own template
 

@@ -12,8 +12,8 @@ from typing import Sequence
 import torch
 
 from umedfast import ops
-from umedfast.boxes import parse_boxes
 from umedfast.box_matching import Box, best_matching, boxes_tensor
+from umedfast.boxes import parse_boxes
 
 __all__ = ["ALRResult", "alr_score", "alr_from_text", "pair_scores"]
 

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from umedfast.answers import says_normal
+from umedfast.boxes import parse_boxes
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,6 @@ class RubricJudge:
         self.stats = {"calls": 0, "failures": 0, "cache_hits": 0}
 
     def score_one(self, it: JudgeItem) -> float:
-        from umedfast.boxes import parse_boxes
 
         boxes = parse_boxes(it.response, it.box_format)
         text = it.response
@@ -255,7 +256,6 @@ def agreement(a: Sequence[float | None], b: Sequence[float | None], *, threshold
 
     Returns n (pairs scored by both), pass_agreement (both >= threshold or both below), pearson, spearman (rank
     correlation, ties averaged; None when either side is constant) and mean_abs_diff."""
-    import math
 
     pairs = [(float(x), float(y)) for x, y in zip(a, b)
              if x is not None and y is not None and not math.isnan(float(x)) and not math.isnan(float(y))]

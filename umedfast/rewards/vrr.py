@@ -34,12 +34,8 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface
-from transformers.masking_utils import (
-    ALL_MASK_ATTENTION_FUNCTIONS,
-    bidirectional_mask_function,
-    causal_mask_function,
-    prepare_padding_mask,
-)
+from transformers.masking_utils import (ALL_MASK_ATTENTION_FUNCTIONS, bidirectional_mask_function, causal_mask_function,
+                                        prepare_padding_mask)
 
 from umedfast.kernels import vrr_attention
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from umedfast.config import PARALLEL_MODES
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -92,7 +94,6 @@ def wrap_ddp(module: torch.nn.Module, d: Dist, device: str) -> torch.nn.Module:
 
 def check_parallel(parallel: str) -> None:
     """For configs built in code without ``umedfast.config.validate``: an unknown mode must not fall back to DDP."""
-    from umedfast.config import PARALLEL_MODES
 
     if parallel not in PARALLEL_MODES:
         raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {parallel!r}")

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
+
+from umedfast.train.training_state import latest_checkpoint
 
 
 class MetricsLogger:
@@ -22,7 +25,6 @@ class MetricsLogger:
         which is what a resuming loop restores; a fresh run never meets old rows (the CLI refuses a used stage
         directory without ``--resume``). ``None`` keeps every row."""
         if keep_through == "auto":
-            from umedfast.train.training_state import latest_checkpoint
 
             ckpt = latest_checkpoint(out_dir)
             keep_through = int(ckpt.name.split("-")[-1]) if ckpt is not None else 0
@@ -83,7 +85,6 @@ def truncate_metrics(path: str | Path, keep_through: int) -> int:
     """Drop the rows of a metrics JSONL whose ``step`` is above ``keep_through`` (atomically); returns how many.
 
     A torn last line (the process was killed mid-write) is dropped too."""
-    import os
 
     path = Path(path)
     if not path.is_file():

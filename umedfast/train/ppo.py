@@ -14,23 +14,23 @@ import torch
 from tqdm.auto import tqdm
 
 from umedfast.config import TrainConfig
+from umedfast.model import save_checkpoint
 from umedfast.train.data_order import EpochOrder
-from umedfast.train.training_state import latest_checkpoint, load_training_state, save_training_state
-from umedfast.train.run_data import load_records
-from umedfast.train.runtime import resolve_device, seed_everything
-from umedfast.train.lr_schedule import warmup_cosine
 from umedfast.train.distributed import Dist, barrier
 from umedfast.train.fsdp import checkpoint_views, gathered_for_save, local_fraction
+from umedfast.train.heldout import EvalWriter, evaluate
 from umedfast.train.interrupt import Interrupted, stop_agreed
 from umedfast.train.length_check import check_generation_cap
+from umedfast.train.lr_schedule import warmup_cosine
 from umedfast.train.metrics import MetricsLogger
 from umedfast.train.ppo_step import build_state, ppo_step
-from umedfast.train.sft import evaluate
+from umedfast.train.run_data import load_records
+from umedfast.train.runtime import resolve_device, seed_everything
+from umedfast.train.training_state import latest_checkpoint, load_training_state, save_training_state
 
 
-def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict:
-    """Train stage 2 and return ``{"steps", "eval", "summary", "bundle"}``."""
-    from umedfast.model import save_checkpoint
+def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False, write_eval: EvalWriter | None = None) -> dict:
+    """Train stage 2 and return ``{"steps", "eval", "summary", "bundle"}``. ``write_eval``: see ``run_sft``."""
 
     p = cfg.ppo
     run_dir = Path(cfg.output_dir) / "ppo"
@@ -88,7 +88,8 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         if d.is_main:
             save_checkpoint(run_dir / "final", st.bundle, st.value_head)
     barrier(d)
-    ev = evaluate(cfg, st.bundle, held, run_dir / "eval.json", d, p.eval_max_new_tokens, "ppo.eval_max_new_tokens")
+    ev = evaluate(cfg, st.bundle, held, run_dir / "eval.json", d, p.eval_max_new_tokens, "ppo.eval_max_new_tokens",
+                  write_eval)
     summary = log.summary({"steps": step, "nonfinite": st.guard.counts, "eval": ev,
                            "judge": getattr(st.judge, "stats", {}), "parallel": cfg.parallel,
                            "param_fraction_per_rank": local_fraction(st.policy_with_value)})

@@ -18,13 +18,19 @@ from dataclasses import dataclass, field
 import torch
 
 from umedfast.config import PPOConfig, TrainConfig
+from umedfast.model import PolicyWithValue, ValueHead, adapters_disabled, hidden_size
+from umedfast.model.collate import select_rows
+from umedfast.rewards.judge import make_judge
 from umedfast.rl import (gae_advantages, group_advantages, kl_penalty, masked_mean, policy_loss, token_rewards,
                          value_loss)
-from umedfast.train.distributed import Dist, all_gather_floats, all_reduce_sum
-from umedfast.train.metrics import NonFiniteGuard
-from umedfast.train.rollout import Rollout, sample_candidates
+from umedfast.rl.advantages import last_token_index
+from umedfast.train.distributed import Dist, all_gather_floats, all_reduce_sum, use_fsdp, wrap_ddp
+from umedfast.train.fsdp import RootPolicyWithValue, scalar, shard_model, shard_small
 from umedfast.train.logprobs import policy_outputs, reference_logprobs
-from umedfast.model.collate import select_rows
+from umedfast.train.metrics import NonFiniteGuard
+from umedfast.train.policy import build_policy_and_reference, trainable
+from umedfast.train.rollout import Rollout, sample_candidates
+from umedfast.train.rollout_rewards import score_rollout
 
 
 @dataclass
@@ -70,12 +76,6 @@ class Scored:
 # --------------------------------------------------------------------------------------------------- building
 def build_state(cfg: TrainConfig, d: Dist, device: str) -> PPOState:
     """Policy (+ value head), frozen reference, optimizer and judge from a training config (wraps for DDP/FSDP2)."""
-    from umedfast.model import PolicyWithValue, ValueHead, hidden_size
-    from umedfast.rewards.judge import make_judge
-    from umedfast.train.policy import trainable
-    from umedfast.train.distributed import use_fsdp, wrap_ddp
-    from umedfast.train.fsdp import RootPolicyWithValue, shard_model, shard_small
-    from umedfast.train.policy import build_policy_and_reference
 
     p = cfg.ppo
     bundle, ref = build_policy_and_reference(cfg, device)
@@ -123,7 +123,6 @@ def reference_lp(st: PPOState, ro: Rollout) -> torch.Tensor:
     if st.ref is not None:
         return reference_logprobs(st.ref, ro.batch, ro.response_ids, pw, k=p.k, bundle=st.bundle,
                                   temperature=p.temperature)
-    from umedfast.model import adapters_disabled
 
     with adapters_disabled(st.bundle) as m:
         return reference_logprobs(m, ro.batch, ro.response_ids, pw, k=p.k, bundle=st.bundle,
@@ -137,7 +136,6 @@ def sequence_reward(p: PPOConfig, total: torch.Tensor, truncated: torch.Tensor) 
 
 def score(st: PPOState, ro: Rollout) -> Scored:
     """Old log-probs and values, reference log-probs, per-token KL and the AAR rewards of ``ro``."""
-    from umedfast.train.rollout_rewards import score_rollout
 
     p, mask, resp, pw = st.cfg, ro.response_mask.to(st.device), ro.response_ids, ro.prompt_width
     one = single_pass(p, resp.shape[0])
@@ -207,7 +205,6 @@ def split_box_reward(rewards: torch.Tensor, mask: torch.Tensor, box_end: torch.T
     (rewards, cut Bool[B, L]). Rows without a box (-1), or whose box closes the answer, are unchanged. GAE then
     gives the box tokens the ALR return and the later (class) tokens the rest, so the box tokens stop absorbing
     the variance of the class outcome that follows them."""
-    from umedfast.rl.advantages import last_token_index
 
     r = rewards.clone()
     cut = torch.zeros_like(r, dtype=torch.bool)
@@ -282,7 +279,6 @@ def minibatch_order(p: PPOConfig, n_rows: int, seed: int, step: int, epoch: int)
 
 def clip_and_step(st: PPOState) -> None:
     """Clip the policy's and the critic's gradients SEPARATELY (each its own norm), then one AdamW step."""
-    from umedfast.train.fsdp import scalar
 
     p = st.cfg
     for params, limit, name in ((st.policy_params, p.max_grad_norm, "ppo_grad_norm"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from transformers import GenerationConfig, LogitsProcessorList
 
 from umedfast.model.collate import collate_chat, model_inputs, select_rows

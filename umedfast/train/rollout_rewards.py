@@ -9,9 +9,12 @@ import torch
 from umedfast.answers import says_normal
 from umedfast.boxes import parse_boxes
 from umedfast.config import PPOConfig
+from umedfast.data import CLASS_SYNONYMS, record_targets, synonyms
+from umedfast.model import image_region_mask, phrase_token_positions
 from umedfast.rewards.alr import alr_from_text
 from umedfast.rewards.combine import CombinedReward, combine_rewards
 from umedfast.rewards.judge import JudgeItem
+from umedfast.rewards.vrr import vrr_forward
 from umedfast.train.rollout import Rollout
 
 
@@ -29,7 +32,6 @@ class RolloutRewards:
 
 
 def _targets(rec):
-    from umedfast.data import record_targets
 
     return record_targets(rec)
 
@@ -46,7 +48,6 @@ def class_token_mask(bundle, ro: Rollout, labels: list[list[str]], query: str = 
     if query not in VRR_QUERIES:
         raise ValueError(f"ppo.vrr_query must be one of {VRR_QUERIES}, got {query!r}")
     shift = 1 if query == "producer" else 0
-    from umedfast.model import phrase_token_positions
 
     ids = ro.batch["input_ids"]
     mask = torch.zeros_like(ids, dtype=torch.bool)
@@ -62,8 +63,6 @@ def class_token_mask(bundle, ro: Rollout, labels: list[list[str]], query: str = 
 def compute_vrr(bundle, ro: Rollout, boxes: list[list], labels: list[list[str]], layers=None, query="producer"):
     """(vrr Float[B], class_written Bool[B]); rows whose response names no class get 0 without a kernel call.
     ``query``: see :func:`class_token_mask`."""
-    from umedfast.model import image_region_mask
-    from umedfast.rewards.vrr import vrr_forward
 
     cls = class_token_mask(bundle, ro, labels, query)
     written = cls.any(dim=1)
@@ -101,7 +100,6 @@ def credit_normal_answers(texts: list[str], normal: list[bool], vrr: torch.Tenso
 
 def score_rollout(bundle, ro: Rollout, judge, cfg: PPOConfig, *, box_format: str = "norm1000") -> RolloutRewards:
     """All AAR rewards of a rollout. A reward whose weight is 0 is not computed (ablations cost nothing)."""
-    from umedfast.data import CLASS_SYNONYMS, synonyms
 
     tg = [_targets(r) for r in ro.records]
     labels = [[lab for lab, _ in t] for t in tg]

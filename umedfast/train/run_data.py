@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from umedfast.config import TrainConfig
+from umedfast.data import read_mau, splits, synth
+from umedfast.data.records import missing_images
+from umedfast.errors import MissingPathError, UserError
 from umedfast.train.distributed import Dist, barrier
 
 
@@ -14,9 +17,6 @@ def load_records(cfg: TrainConfig, d: Dist) -> tuple[list, list]:
     User mistakes raise ``UserError`` (one line at the CLI): a missing or empty data file, a malformed line
     (file:line), no training records, or records whose image files are missing (checked here, before any model
     is loaded, naming the first few)."""
-    from umedfast.data import read_mau, splits
-    from umedfast.data.records import missing_images
-    from umedfast.errors import MissingPathError, UserError
 
     if cfg.data.path:
         path = Path(cfg.data.path)
@@ -24,7 +24,6 @@ def load_records(cfg: TrainConfig, d: Dist) -> tuple[list, list]:
             raise MissingPathError(f"data.path {str(path)!r} does not exist" if not path.exists()
                                    else f"data.path {str(path)!r} is not a file (give the MAU JSONL)")
     else:
-        from umedfast.data import synth
 
         out = Path(cfg.output_dir) / "data"
         path = out / synth.JSONL_NAME
@@ -58,7 +57,6 @@ def load_records(cfg: TrainConfig, d: Dist) -> tuple[list, list]:
 def synth_eval_records(cfg: TrainConfig, d: Dist) -> list:
     """``data.synth_eval_n`` MAU-Synth images from another seed (``synth_seed + 1``), all held out, generated once
     into OUTPUT/data_eval: a test set large enough for paired comparisons (~1,000 images) at no training cost."""
-    from umedfast.data import read_mau, synth
 
     out = Path(cfg.output_dir) / "data_eval"
     path = out / synth.JSONL_NAME

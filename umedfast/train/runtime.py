@@ -13,7 +13,6 @@ import torch
 from umedfast.config import TrainConfig, threads_value
 from umedfast.train.distributed import Dist
 
-
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -15,17 +15,18 @@ from tqdm.auto import tqdm
 
 from umedfast.config import TrainConfig
 from umedfast.errors import UserError
+from umedfast.model import collate_chat, model_inputs, save_checkpoint
 from umedfast.train.data_order import EpochOrder
-from umedfast.train.training_state import latest_checkpoint, load_training_state, save_training_state
-from umedfast.train.runtime import autocast, resolve_device, seed_everything
+from umedfast.train.distributed import Dist, all_reduce_sum, barrier, use_fsdp, wrap_ddp
+from umedfast.train.fsdp import checkpoint_views, gathered_for_save, local_fraction, no_sync, scalar, shard_model
+from umedfast.train.heldout import EvalWriter, evaluate
+from umedfast.train.interrupt import Interrupted, stop_agreed
+from umedfast.train.lr_schedule import warmup_cosine
+from umedfast.train.metrics import MetricsLogger, NonFiniteGuard
 from umedfast.train.policy import load_policy, trainable
 from umedfast.train.run_data import load_records
-from umedfast.train.lr_schedule import warmup_cosine
-from umedfast.train.distributed import Dist, all_reduce_sum, barrier, use_fsdp, wrap_ddp
-from umedfast.train.fsdp import (checkpoint_views, gathered_for_save, is_sharded, local_fraction, no_sync, scalar,
-                                 shard_model)
-from umedfast.train.interrupt import Interrupted, stop_agreed
-from umedfast.train.metrics import MetricsLogger, NonFiniteGuard
+from umedfast.train.runtime import autocast, resolve_device, seed_everything
+from umedfast.train.training_state import latest_checkpoint, load_training_state, save_training_state
 
 
 def response_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -41,39 +42,9 @@ def response_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return loss, n
 
 
-def evaluate(cfg: TrainConfig, bundle, held: list, out_path: Path, d: Dist, max_new_tokens: int,
-             cap_name: str = "eval_max_new_tokens") -> dict | None:
-    """Greedy generation on the held-out records and ``eval.json`` (main rank only; others wait). Warns when
-    ``max_new_tokens`` (config key ``cap_name``) would cut reference answers short.
-
-    A sharded (FSDP2) model's forwards are collectives: every rank generates the same records then (in lockstep),
-    the others write to a scratch directory that is removed."""
-    from umedfast.train.length_check import check_generation_cap
-
-    metrics = None
-    sharded = is_sharded(bundle.model)
-    if held and d.is_main:
-        check_generation_cap(bundle.tokenizer, held, max_new_tokens, cap_name)
-    if held and (d.is_main or sharded):
-        import shutil
-        import tempfile
-
-        from umedfast.eval.mau import evaluate_and_write
-
-        scratch = None if d.is_main else Path(tempfile.mkdtemp(prefix=f"umedfast_eval_rank{d.rank}_"))
-        metrics = evaluate_and_write(bundle, held, scratch / out_path.name if scratch else out_path,
-                                     batch_size=cfg.eval_batch_size, max_new_tokens=max_new_tokens,
-                                     box_format=cfg.data.box_format, progress=cfg.progress and d.is_main)
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
-            metrics = None
-    barrier(d)
-    return metrics
-
-
-def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict:
-    """Train stage 1 and return ``{"steps", "eval", "summary"}``."""
-    from umedfast.model import collate_chat, model_inputs, save_checkpoint
+def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False, write_eval: EvalWriter | None = None) -> dict:
+    """Train stage 1 and return ``{"steps", "eval", "summary", "bundle"}``. ``write_eval`` writes ``eval.json``
+    (``umedfast.train.heldout``; the CLI passes ``umedfast.eval.mau.evaluate_and_write``)."""
 
     s = cfg.sft
     run_dir = Path(cfg.output_dir) / "sft"
@@ -144,7 +115,7 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         if end_of_epoch and (s.eval_every_epoch or step == total):
             model.eval()
             last_eval = evaluate(cfg, bundle, held, run_dir / "eval.json", d, s.eval_max_new_tokens,
-                                 "sft.eval_max_new_tokens") or last_eval
+                                 "sft.eval_max_new_tokens", write_eval) or last_eval
             model.train()
             if last_eval is not None:
                 log.log(step, {f"eval_{k}": v for k, v in last_eval.items() if isinstance(v, (int, float))})

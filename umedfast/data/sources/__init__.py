@@ -5,6 +5,7 @@ listed in the returned list's ``.skipped``. Image paths are looked up under ``ro
 """
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -24,7 +25,6 @@ def load_source(name: str, root, *, skip_bad: bool = False, **kw) -> FindingList
         raise FileNotFoundError(f"dataset root {root} is not a directory")
     if name not in LOADERS:
         raise ValueError(f"unknown source {name!r}; choose one of {list(LOADERS)}")
-    import importlib
 
     mod = importlib.import_module(f"umedfast.data.sources.{name}")
     return mod.load(root, skip_bad=skip_bad, **kw)

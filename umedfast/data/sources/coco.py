@@ -6,8 +6,7 @@ from typing import Callable
 
 from umedfast.boxes import xywh_to_xyxy
 from umedfast.data.records import Finding
-from umedfast.data.sources.base import (Collector, ImageIndex, SourceFormatError, check_box, image_size, need,
-                                          read_json)
+from umedfast.data.sources.base import Collector, ImageIndex, SourceFormatError, check_box, image_size, need, read_json
 
 
 def load_coco(json_path: Path, index: ImageIndex, col: Collector, *, source: str, modality: str,

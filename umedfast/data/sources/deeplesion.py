@@ -11,8 +11,8 @@ from pathlib import Path
 
 from umedfast.data.classes import DEEPLESION_TYPES
 from umedfast.data.records import Finding
-from umedfast.data.sources.base import (Collector, ImageIndex, SourceFormatError, check_box, csv_text,
-                                          image_size, parse_floats, require_file)
+from umedfast.data.sources.base import (Collector, ImageIndex, SourceFormatError, check_box, csv_text, image_size,
+                                        parse_floats, require_file)
 
 REQUIRED = ("File_name", "Bounding_boxes", "Coarse_lesion_type", "DICOM_windows")
 SPLIT = {"1": "train", "2": "val", "3": "test"}

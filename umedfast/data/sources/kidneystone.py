@@ -10,9 +10,8 @@ import yaml
 
 from umedfast.boxes import yolo_to_xyxy
 from umedfast.data.records import Finding
+from umedfast.data.sources.base import Collector, ImageIndex, SourceFormatError, check_box, image_size, read_text
 from umedfast.data.sources.coco import load_coco
-from umedfast.data.sources.base import (Collector, ImageIndex, SourceFormatError, check_box, image_size,
-                                          read_text)
 
 SPLITS = {"train": "train", "valid": "val", "val": "val", "test": "test"}
 SUPERCATEGORY_NAMES = {"kidney-stones", "kidney-stone", "kidney_stones", "stones"}

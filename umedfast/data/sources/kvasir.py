@@ -6,7 +6,7 @@ from pathlib import Path
 
 from umedfast.data.records import Finding
 from umedfast.data.sources.base import (Collector, ImageIndex, SourceFormatError, check_box, image_size, need,
-                                          read_json, require_file)
+                                        read_json, require_file)
 
 
 def load(root: Path, skip_bad: bool = False):

@@ -9,8 +9,8 @@ from pathlib import Path
 from umedfast.boxes import xywh_to_xyxy
 from umedfast.data.classes import NIH_LABELS
 from umedfast.data.records import Finding
-from umedfast.data.sources.base import (Collector, ImageIndex, SourceFormatError, check_box, csv_text,
-                                          image_size, require_file)
+from umedfast.data.sources.base import (Collector, ImageIndex, SourceFormatError, check_box, csv_text, image_size,
+                                        require_file)
 
 
 def load(root: Path, skip_bad: bool = False, normals: bool = False):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from umedfast.data.classes import TBX11K_LABELS
-from umedfast.data.sources.coco import load_coco
 from umedfast.data.sources.base import Collector, ImageIndex, SourceFormatError
+from umedfast.data.sources.coco import load_coco
 
 FILES = {"train": "TBX11K_train_only_tb.json", "val": "TBX11K_val_only_tb.json"}
 
