@@ -98,10 +98,11 @@ class UmedfastStep:
         # one epoch over one minibatch and one optimizer update per step, as TRL's GRPOTrainer here
         over = dict(steps=1, queries_per_step=sizes.queries, k=sizes.k, max_new_tokens=sizes.max_new_tokens,
                     ppo_epochs=1, minibatch_size=sizes.batch, lr=sizes.lr, advantage=advantage,
-                    kl_coef=sizes.kl_coef, w_llm=0.0, w_vrr=0.0, w_alr=1.0, giou_weight=0.0, format_penalty=0.0)
+                    kl_coef=sizes.kl_coef)
         over.update(ppo_overrides)
+        rewards = dict(w_llm=0.0, w_vrr=0.0, w_alr=1.0, giou_weight=0.0, format_penalty=0.0)
         cfg = load_config(None, [f"output_dir={self.tmp}", f"model.name={MODEL}", "seed=0", "progress=false"]
-                          + [f"ppo.{k}={v}" for k, v in over.items()])
+                          + [f"ppo.{k}={v}" for k, v in over.items()] + [f"rewards.{k}={v}" for k, v in rewards.items()])
         self.state = build_state(cfg, Dist(), "cpu")  # MODEL, seed 0 (no SFT checkpoint under tmp)
         self.bundle, self.pwv = self.state.bundle, self.state.policy_with_value
         self.opt = self.state.optimizer

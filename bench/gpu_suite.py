@@ -40,9 +40,10 @@ BENCHES = [  # (name, pytest target, -k filter)
 LIMITS_S = {"build": 180, "tests": 180, "vrr": 180, "iou": 60, "logprob": 120, "ppo": 180}
 # ~0.5B parameters with the tiny tokenizer's small vocabulary: 24 layers x (attention 7.1M + MLP 14.2M) at 1536 wide
 PPO_OVERRIDES = ["model.name=tiny-qwen2-vl", "model.tiny_text_hidden=1536", "model.tiny_text_layers=24",
-                 "model.dtype=bfloat16", "seed=0", "progress=false"]
+                 "model.dtype=bfloat16", "seed=0", "progress=false",
+                 "rewards.w_llm=0.0", "rewards.w_vrr=1.0", "rewards.w_alr=1.0"]
 PPO_STEP = dict(steps=1, queries_per_step=4, k=8, max_new_tokens=64, ppo_epochs=1, minibatch_size=32,
-                advantage="gae", w_llm=0.0, w_vrr=1.0, w_alr=1.0)
+                advantage="gae")
 
 
 DRY_LIMIT_S = 900  # a dry run only collects, but on a loaded 2-core CPU one collection can take minutes

@@ -9,10 +9,10 @@ def test_flags_map_to_config():
         ["ppo.k=3", "--stage", "ppo", "--advantage", "grpo", "--no-vrr", "--no-alr", "--output-dir", "/tmp/x"])
     cfg = resolve(args)
     assert cfg.stage == "ppo" and cfg.ppo.advantage == "grpo" and cfg.ppo.k == 3
-    assert (cfg.ppo.w_vrr, cfg.ppo.w_alr, cfg.ppo.w_llm) == (0.0, 0.0, 1.0)
+    assert (cfg.rewards.w_vrr, cfg.rewards.w_alr, cfg.rewards.w_llm) == (0.0, 0.0, 1.0)
     assert cfg.output_dir == "/tmp/x"
     cfg = resolve(build_parser().parse_intermixed_args(["--no-relevance"]))
-    assert cfg.ppo.w_llm == 0.0 and cfg.ppo.w_alr == 1.0
+    assert cfg.rewards.w_llm == 0.0 and cfg.rewards.w_alr == 1.0
 
 
 def test_unknown_key_is_an_error(tmp_path, capsys):

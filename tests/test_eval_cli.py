@@ -171,7 +171,7 @@ def test_ablation_run_commands_resolve_in_the_training_cli(tmp_path, capsys):
         if k != "wo_aar":
             assert c.stage == "ppo" and c.ppo.init_from == sft_final and c.seed == int(k[-1])
             assert c.output_dir == str(tmp_path / k)
-    weights = {r: (cfgs[f"{r}/seed0"].ppo.w_alr, cfgs[f"{r}/seed0"].ppo.w_vrr) for r in rows}
+    weights = {r: (cfgs[f"{r}/seed0"].rewards.w_alr, cfgs[f"{r}/seed0"].rewards.w_vrr) for r in rows}
     assert weights == {"rel_only": (0.0, 0.0), "wo_vrr": (1.0, 0.0), "wo_alr": (0.0, 1.0), "full": (1.0, 1.0)}
     # with every eval.json present, --run trains nothing and prints Table 6
     for k in cfgs:
@@ -265,7 +265,7 @@ def test_ablation_run_trains_all_four_end_to_end_and_resumes_a_crashed_one(tmp_p
     assert metrics(tmp_path / "wo_vrr" / "seed0" / "ppo" / "metrics.jsonl")[0]["vrr"] == 0.0  # not even computed
     from umedfast.config import load_config
 
-    weights = {k: (c.ppo.w_alr, c.ppo.w_vrr) for k in ("full", "wo_vrr", "wo_alr")
+    weights = {k: (c.rewards.w_alr, c.rewards.w_vrr) for k in ("full", "wo_vrr", "wo_alr")
                for c in [load_config(tmp_path / k / "seed0" / "config.yaml")]}  # the config each run trained with
     assert weights == {"full": (1.0, 1.0), "wo_vrr": (1.0, 0.0), "wo_alr": (0.0, 1.0)}
     assert "w/o VRR" in p.stdout and "w/o ALR" in p.stdout

@@ -124,7 +124,7 @@ def test_train_config_file_errors(tmp_path):
     ("ppo.queries_per_step=0", "ppo.queries_per_step must be >= 1"),
     ("ppo.temperature=0", "ppo.temperature must be > 0"),
     ("ppo.steps=-1", "ppo.steps must be >= 0"),
-    ("ppo.k=1", "ppo.k=1 with ppo.alr_norm=max"),
+    ("ppo.k=1", "ppo.k=1 with rewards.alr_norm=max"),
 ])
 def test_train_bad_override_is_one_line(tmp_path, override, needle):
     one_line_error(train("--output-dir", tmp_path / "o", override), needle)
@@ -134,7 +134,7 @@ def test_train_bad_override_is_one_line(tmp_path, override, needle):
 def test_train_k1_without_max_normalization_is_allowed():
     from umedfast.config import load_config
 
-    cfg = load_config(None, ["ppo.k=1", "ppo.alr_norm=none", "ppo.vrr_norm=none"])
+    cfg = load_config(None, ["ppo.k=1", "rewards.alr_norm=none", "rewards.vrr_norm=none"])
     assert cfg.ppo.k == 1
 
 

@@ -3,7 +3,7 @@ VRR is read through the kernel only where the class is written, and group normal
 import pytest
 import torch
 
-from umedfast.config import PPOConfig
+from umedfast.config import RewardsConfig
 from umedfast.data import synth
 from umedfast.model import TinySizes, load_vlm
 from umedfast.rewards.judge import RubricJudge
@@ -32,8 +32,7 @@ def test_reference_answers_vs_wrong_answers(setup):
     texts = [t for r in recs for t in (r.response, "Detection: nothing. Recognition: unclear.")]
     ro = rollout_from_texts(bundle, reps, texts)
     assert ro.texts[0] == recs[0].response
-    cfg = PPOConfig(k=k, vrr_layers="0")
-    rw = score_rollout(bundle, ro, RubricJudge(), cfg)
+    rw = score_rollout(bundle, ro, RubricJudge(), RewardsConfig(vrr_layers=[0]), k)
     assert rw.alr[0::2].tolist() == pytest.approx([1.0, 1.0], abs=0.02)  # norm1000 rounding only
     assert rw.alr[1::2].tolist() == [0.0, 0.0] and not rw.format_ok[1::2].any()
     assert rw.r_llm[0::2].tolist() == [1.0, 1.0]
@@ -50,7 +49,7 @@ def test_reference_answers_vs_wrong_answers(setup):
 def test_ablation_weights_skip_work(setup):
     recs, bundle = setup
     ro = rollout_from_texts(bundle, recs[:1] * 2, [recs[0].response] * 2)
-    rw = score_rollout(bundle, ro, RubricJudge(), PPOConfig(k=2, w_vrr=0.0, w_llm=0.0))
+    rw = score_rollout(bundle, ro, RubricJudge(), RewardsConfig(w_vrr=0.0, w_llm=0.0), 2)
     assert (rw.vrr == 0).all() and (rw.r_llm == 0).all()
     assert rw.combined.total.tolist() == pytest.approx([1.0, 1.0])  # ALR / max only
     assert torch.isfinite(rw.combined.total).all()
@@ -66,7 +65,7 @@ def test_normal_image_reward_parity(setup, credit):
         assert ("[" in text) == (text is wrong)
     ro = rollout_from_texts(bundle, [normal, normal, recs[0], recs[0]], [normal.response, wrong, recs[0].response,
                                                                           "Detection: unclear."])
-    rw = score_rollout(bundle, ro, RubricJudge(), PPOConfig(k=2, vrr_layers="0", vrr_normal_credit=credit))
+    rw = score_rollout(bundle, ro, RubricJudge(), RewardsConfig(vrr_layers=[0], vrr_normal_credit=credit), 2)
     total = rw.combined.total.tolist()
     assert total[2] == pytest.approx(3.0, abs=1e-5)  # correct abnormal answer: 1 + 1 + 1
     assert total[0] == pytest.approx(3.0 if credit else 2.0, abs=1e-5)

@@ -22,7 +22,7 @@ def test_yaml_and_overrides(tmp_path):
     ("", ["ppo.k=abc"], "integer"),
     ("", ["ppo.advantage=dpo"], "advantage"),
     ("", ["ppo.advantage=grpo", "ppo.k=1"], "k >= 2"),
-    ("", ["ppo.alr_norm=mean"], "alr_norm"),
+    ("", ["rewards.alr_norm=mean"], "alr_norm"),
     ("", ["parallel=deepspeed"], "parallel"),
     ("", ["ppo=3"], "section"),
     ("", ["stage"], "key=value"),
@@ -37,6 +37,6 @@ def test_errors(tmp_path, text, overrides, msg):
 
 def test_defaults_are_the_paper():
     c = TrainConfig()
-    assert (c.ppo.w_llm, c.ppo.w_alr, c.ppo.w_vrr, c.ppo.k) == (1.0, 1.0, 1.0, 4)
+    assert (c.rewards.w_llm, c.rewards.w_alr, c.rewards.w_vrr, c.ppo.k) == (1.0, 1.0, 1.0, 4)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("/nonexistent.yaml")

@@ -28,7 +28,7 @@ def test_global_whiten_one_rank_matches_masked_whiten():
     assert torch.allclose(global_whiten(x, m, Dist()), masked_whiten(x, m), atol=1e-6)
 
 
-@pytest.mark.parametrize("extra", [["--advantage", "gae", "ppo.giou_weight=0.5", "ppo.format_penalty=0.1"],
+@pytest.mark.parametrize("extra", [["--advantage", "gae", "rewards.giou_weight=0.5", "rewards.format_penalty=0.1"],
                                    ["--advantage", "rloo", "--no-vrr", "model.lora=true", "model.lora_r=4"]])
 def test_ppo_runs_checkpoints_and_resumes(tmp_path, extra):
     out = tmp_path / "run"
@@ -68,7 +68,7 @@ def test_ctrl_c_checkpoints_at_the_step_boundary_and_raises(tmp_path, monkeypatc
     from umedfast.train.interrupt import Interrupted
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "stage=ppo", *PPO[2:], "ppo.steps=3", "ppo.save_every=0",
-                             "ppo.w_vrr=0", *TINY])
+                             "rewards.w_vrr=0", *TINY])
     monkeypatch.setattr(ppo, "stop_agreed", lambda d: True)
     with pytest.raises(Interrupted) as e:
         ppo.run_ppo(cfg)

@@ -1,8 +1,10 @@
 """Training configuration: one dataclass per stage, loaded from YAML plus dotted ``key=value`` overrides.
 
-``load_config(path, overrides)`` -> ``TrainConfig``. Sections: ``model``, ``data``, ``sft``, ``ppo``, ``judge`` and
-top-level run settings. An unknown key (in the file or in an override) is an error, so a typo never silently trains
-with a default. ``save_config`` writes the final, fully resolved config next to the outputs.
+``load_config(path, overrides)`` -> ``TrainConfig``. Sections: ``model``, ``data``, ``sft``, ``ppo``, ``rewards``,
+``judge`` and top-level run settings. An unknown key (in the file or in an override) is an error, so a typo never
+silently trains with a default; a key that moved names its new place. Every enum-like string is a ``Literal`` type
+defined once below: ``_coerce`` checks it on load, ``validate`` on configs built in code, and the CLIs take their
+``choices`` from it. ``save_config`` writes the final, fully resolved config next to the outputs.
 """
 from __future__ import annotations
 
@@ -12,21 +14,35 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
 from umedfast.boxes import FORMATS
 from umedfast.errors import UserError
 
-PARALLEL_MODES = ("ddp", "fsdp2")   # TrainConfig.parallel (checked here and by umedfast.train.distributed)
-GROUP_NORMS = ("max", "none")       # PPOConfig.alr_norm / vrr_norm (umedfast.rewards.combine.group_normalize)
+# The enum-like settings, one definition each (checked by _coerce and validate; the CLIs' choices come from here)
+Stage = Literal["sft", "ppo", "all"]
+Device = Literal["auto", "cpu", "cuda"]
+Parallel = Literal["ddp", "fsdp2"]                      # umedfast.train.distributed
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+AnswerStyle = Literal["compact", "full"]                # umedfast.data.templates
+Generalization = Literal["", "category", "source", "modality"]  # umedfast.data.splits
+Split = Literal["train", "val", "test"]
+Advantage = Literal["gae", "grpo", "rloo"]              # umedfast.rl.advantages
+KLEstimator = Literal["k1", "k2", "k3"]                 # umedfast.rl.losses.kl_penalty
+GroupNorm = Literal["max", "none"]                      # umedfast.rewards.combine.group_normalize
+VRRQuery = Literal["producer", "token"]                 # umedfast.train.rollout_rewards.class_token_mask
+JudgeKind = Literal["rubric", "openai"]                 # umedfast.rewards.judge.make_judge
+
+PARALLEL_MODES = get_args(Parallel)
+GROUP_NORMS = get_args(GroupNorm)
 
 
 @dataclass
 class ModelConfig:
     name: str = "tiny-llava"            # "tiny-llava" / "tiny-qwen2-vl" (offline default) or a local model directory
-    dtype: str = "auto"                 # "auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16", "float16"
+    dtype: DType = "auto"               # "auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16", "float16"
     attn_implementation: str = "sdpa"   # HF attention for training forwards ("flash_attention_2" if installed)
     gradient_checkpointing: bool = False  # trade compute for memory on large models
     lora: bool = False                  # train LoRA adapters instead of all weights (reference = adapters disabled)
@@ -45,12 +61,12 @@ class DataConfig:
     synth_eval_n: int = 0               # MAU-Synth: extra evaluation-only images (seed synth_seed + 1, every one
                                         # held out) replacing the test split for eval.json; 0 = the test split
     synth_image_size: int = 112         # MAU-Synth: image side in pixels
-    style: str = "compact"              # template answer style of MAU-Synth ("compact" ~40 tokens, "full")
+    style: AnswerStyle = "compact"      # template answer style of MAU-Synth ("compact" ~40 tokens, "full")
     box_format: str = "norm1000"        # how boxes are written in text (umedfast.boxes.FORMATS)
-    generalization: str = ""            # "" (plain splits), "category", "source" or "modality"
+    generalization: Generalization = ""  # "" (plain splits), "category", "source" or "modality"
     max_train: int = 0                  # cap on training records (0 = all)
     max_eval: int = 0                   # cap on held-out records evaluated (0 = all)
-    eval_split: str = "test"            # held-out split written to eval.json
+    eval_split: Split = "test"          # held-out split written to eval.json
 
 
 @dataclass
@@ -83,12 +99,12 @@ class PPOConfig:
     value_lr: float = 1e-3              # value-head learning rate
     warmup_ratio: float = 0.0           # fraction of iterations with linear warmup
     min_lr_ratio: float = 1.0           # cosine floor as a fraction of lr (1 = constant)
-    advantage: str = "gae"              # "gae" (critic), "grpo" or "rloo" (critic-free group baselines)
+    advantage: Advantage = "gae"        # "gae" (critic), "grpo" or "rloo" (critic-free group baselines)
     gamma: float = 1.0                  # GAE discount over response tokens
     lam: float = 1.0                    # GAE lambda; 1 = return - V_t (no positional bias from a young critic)
     whiten_advantages: bool = True      # normalize advantages over the batch's response tokens
     kl_coef: float = 0.05               # per-token KL penalty to the reference (SFT) policy
-    kl_estimator: str = "k1"            # per-token KL in the GAE reward: "k1" (standard) or "k2"; k3 is refused
+    kl_estimator: KLEstimator = "k1"    # per-token KL in the GAE reward: "k1" (standard) or "k2"; k3 is refused
                                         # with advantage=gae (wrong gradient as a reward; GRPO/RLOO use k3 in the loss)
     clip_eps: float = 0.2               # PPO ratio clip
     value_clip: float = 0.2             # value-loss clip (<= 0: unclipped squared error)
@@ -98,28 +114,34 @@ class PPOConfig:
     skip_uniform_groups: bool = False   # leave query groups whose K rewards are all equal out of the update
     span_advantages: bool = False       # GAE: the box tokens get the ALR return only, the tokens after the box the
                                         # rest (relevance, VRR); the return is cut at the box's closing bracket
-    vrr_query: str = "producer"         # VRR query of a class token: "producer" (the position that predicted it,
-                                        # one earlier) or "token" (its own position); rewards/vrr.py, docs/training.md
     vf_coef: float = 0.5                # c2: value loss weight
     ent_coef: float = 0.0               # c3: entropy bonus weight
     max_grad_norm: float = 1.0          # gradient clipping (<= 0 disables)
-    w_llm: float = 1.0                  # weight of the relevance (judge) reward; 0 = --no-relevance
-    w_alr: float = 1.0                  # weight of the normalized ALR; 0 = --no-alr
-    w_vrr: float = 1.0                  # weight of the normalized VRR; 0 = --no-vrr
-    format_penalty: float = 0.0         # subtracted when a box was expected but none parses
-    giou_weight: float = 0.0            # ALR shaping: (1-w) IoU + w (GIoU+1)/2, so misses still get a signal
-    vrr_layers: str = ""                # comma-separated LM layer indices for VRR ("" = all layers)
-    alr_norm: str = "max"               # ALR over the K candidates: "max" (divide by the group max, paper) or "none"
-    vrr_norm: str = "max"               # VRR over the K candidates: "max" (paper) or "none"
-    vrr_normal_credit: bool = True      # normal image: full VRR for answering "normal" with no box (reward parity)
     init_from: str = ""                 # policy to start from; "" = OUTPUT/sft/final (after --stage sft/all)
     save_every: int = 0                 # checkpoint every N iterations (0 = only at the end)
     eval_max_new_tokens: int = 64       # generation length at evaluation
 
 
 @dataclass
+class RewardsConfig:
+    """Abnormal-Aware Rewarding: how each candidate's reward is built from relevance, ALR and VRR."""
+    w_llm: float = 1.0                  # weight of the relevance (judge) reward; 0 = --no-relevance
+    w_alr: float = 1.0                  # weight of the normalized ALR; 0 = --no-alr
+    w_vrr: float = 1.0                  # weight of the normalized VRR; 0 = --no-vrr
+    format_penalty: float = 0.0         # subtracted when a box was expected but none parses
+    giou_weight: float = 0.0            # ALR shaping: (1-w) IoU + w (GIoU+1)/2, so misses still get a signal
+    vrr_layers: list[int] = field(default_factory=list)  # LM layer indices VRR averages over ([] = all;
+                                        # negative counts from the end, e.g. [-1])
+    alr_norm: GroupNorm = "max"         # ALR over the K candidates: "max" (divide by the group max, paper) or "none"
+    vrr_norm: GroupNorm = "max"         # VRR over the K candidates: "max" (paper) or "none"
+    vrr_normal_credit: bool = True      # normal image: full VRR for answering "normal" with no box (reward parity)
+    vrr_query: VRRQuery = "producer"    # VRR query of a class token: "producer" (the position that predicted it,
+                                        # one earlier) or "token" (its own position); rewards/vrr.py, docs/training.md
+
+
+@dataclass
 class JudgeConfig:
-    kind: str = "rubric"                # "rubric" (offline deterministic) or "openai" (OpenAI-compatible endpoint)
+    kind: JudgeKind = "rubric"          # "rubric" (offline deterministic) or "openai" (OpenAI-compatible endpoint)
     base_url: str = ""                  # e.g. http://127.0.0.1:8000/v1 (openai judge)
     model: str = ""                     # judge model name (openai judge)
     api_key_env: str = "UMEDFAST_JUDGE_API_KEY"  # environment variable holding the key (never logged)
@@ -132,8 +154,8 @@ class JudgeConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/demo"       # everything goes under here (data, sft/, ppo/, config.yaml, logs)
-    stage: str = "all"                  # "sft", "ppo" or "all"
-    device: str = "auto"                # "auto" (cuda if available), "cpu", "cuda"
+    stage: Stage = "all"                # "sft", "ppo" or "all"
+    device: Device = "auto"             # "auto" (cuda if available), "cpu", "cuda"
     seed: int = 0                       # global seed (model init, sampling, data order)
     threads: str = "auto"               # torch intra-op threads on CPU: "auto" (the cores idle at start, measured
                                         # over 0.3 s and logged), an integer N, or 0 (torch default = all cores)
@@ -144,12 +166,28 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
-    parallel: str = "ddp"               # torchrun data parallelism: "ddp" (replicas) or "fsdp2" (sharded weights/optim)
+    parallel: Parallel = "ddp"          # torchrun data parallelism: "ddp" (replicas) or "fsdp2" (sharded weights/optim)
 
 
 class ConfigError(UserError):
     """A config file or override names an unknown key or a value of the wrong type."""
+
+
+# keys that moved between sections: the old spelling is refused with a pointer to the new one
+MOVED_KEYS = {f"ppo.{f.name}": f"rewards.{f.name}" for f in dataclasses.fields(RewardsConfig)}
+
+
+def _unknown_key(key: str, valid) -> ConfigError:
+    if key in MOVED_KEYS:
+        return ConfigError(f"config key {key!r} moved to {MOVED_KEYS[key]!r}")
+    return ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(sorted(valid))}")
+
+
+def _one_of(choices) -> str:
+    shown = [repr(c) if c == "" else str(c) for c in choices]
+    return ", ".join(shown[:-1]) + " or " + shown[-1] if len(shown) > 1 else shown[0]
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -158,6 +196,17 @@ def _field_types(cls) -> dict[str, Any]:
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
+    if get_origin(typ) is Literal:
+        choices = get_args(typ)
+        v = "" if value is None else value
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)) or str(v) not in choices:
+            raise ConfigError(f"{where} must be {_one_of(choices)}, got {value!r}")
+        return str(v)
+    if get_origin(typ) is list:
+        (item,) = get_args(typ)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list (e.g. [0, -1]; [] = all), got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {value!r}")
@@ -195,6 +244,9 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
 def _build(cls, data: dict, where: str = ""):
     types_ = _field_types(cls)
     unknown = sorted(set(data) - set(types_))
+    for u in unknown:
+        if f"{where}.{u}" in MOVED_KEYS:
+            raise _unknown_key(f"{where}.{u}", types_)
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join((where + '.' if where else '') + u for u in unknown)}; "
                           f"valid keys here: {', '.join(sorted(types_))}")
@@ -212,8 +264,7 @@ def apply_override(cfg: TrainConfig, item: str) -> None:
     for i, p in enumerate(parts):
         types_ = _field_types(type(obj))
         if p not in types_:
-            raise ConfigError(f"unknown config key {'.'.join(parts[:i + 1])!r}; valid keys here: "
-                              f"{', '.join(sorted(types_))}")
+            raise _unknown_key(".".join(parts[:i + 1]), types_)
         if i < len(parts) - 1:
             obj = getattr(obj, p)
             if not dataclasses.is_dataclass(obj):
@@ -242,27 +293,28 @@ def threads_value(threads: str) -> int | str:
     return n
 
 
+def _check_literals(obj, where: str = "") -> None:
+    """Every ``Literal`` field of ``obj`` (and of its sections) holds one of its choices; raises ConfigError."""
+    for name, typ in _field_types(type(obj)).items():
+        key, value = f"{where}.{name}" if where else name, getattr(obj, name)
+        if dataclasses.is_dataclass(typ):
+            _check_literals(value, key)
+        elif get_origin(typ) is Literal and value not in get_args(typ):
+            raise ConfigError(f"{key} must be {_one_of(get_args(typ))}, got {value!r}")
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check enumerations and ranges before anything is loaded; raises ConfigError naming the offending key."""
 
-    p, s, d, m = cfg.ppo, cfg.sft, cfg.data, cfg.model
+    p, s, d, m, r = cfg.ppo, cfg.sft, cfg.data, cfg.model, cfg.rewards
+    _check_literals(cfg)  # configs built in code skip _coerce
     checks = [
-        (cfg.stage in ("sft", "ppo", "all"), "stage must be sft, ppo or all"),
-        (cfg.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
-        (cfg.parallel in PARALLEL_MODES, f"parallel must be one of {PARALLEL_MODES}"),
-        (cfg.ppo.advantage in ("gae", "grpo", "rloo"), "ppo.advantage must be gae, grpo or rloo"),
-        (cfg.ppo.alr_norm in GROUP_NORMS and cfg.ppo.vrr_norm in GROUP_NORMS,
-         f"ppo.alr_norm and ppo.vrr_norm must be one of {GROUP_NORMS}"),
-        (cfg.ppo.kl_estimator in ("k1", "k2", "k3"), "ppo.kl_estimator must be k1, k2 or k3"),
         (not (cfg.ppo.advantage == "gae" and cfg.ppo.kl_estimator == "k3"),  # issue 13: k3 as a reward has the
          "ppo.kl_estimator=k3 with advantage=gae is refused: use k1 (k3 belongs in the loss, grpo/rloo)"),  # wrong grad
         (cfg.ppo.k >= 1, "ppo.k must be >= 1"),
         (cfg.ppo.advantage == "gae" or cfg.ppo.k >= 2, "grpo/rloo need ppo.k >= 2 candidates per query"),
-        (cfg.judge.kind in ("rubric", "openai"), "judge.kind must be rubric or openai"),
         (cfg.sft.batch_size >= 1 and cfg.sft.grad_accum >= 1, "sft.batch_size and sft.grad_accum must be >= 1"),
-        (0.0 <= cfg.ppo.giou_weight <= 1.0, "ppo.giou_weight must be in [0, 1]"),
-        (cfg.data.generalization in ("", "category", "source", "modality"),
-         "data.generalization must be '', category, source or modality"),
+        (0.0 <= r.giou_weight <= 1.0, "rewards.giou_weight must be in [0, 1]"),
         # values that would otherwise fail (or silently train nothing) only after the model has loaded
         (s.lr > 0, f"sft.lr must be > 0, got {s.lr}"),
         (p.lr > 0, f"ppo.lr must be > 0, got {p.lr}"),
@@ -287,13 +339,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}"),
         (cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}"),
         (d.box_format in FORMATS, f"data.box_format must be one of {sorted(FORMATS)}, got {d.box_format!r}"),
-        (d.style in ("compact", "full"), f"data.style must be compact or full, got {d.style!r}"),
-        (d.eval_split in ("train", "val", "test"), f"data.eval_split must be train, val or test, got {d.eval_split!r}"),
         (d.max_train >= 0 and d.max_eval >= 0, "data.max_train and data.max_eval must be >= 0 (0 = all)"),
         (bool(d.path) or d.synth_n >= 1, f"data.synth_n must be >= 1 (no data.path given), got {d.synth_n}"),
         (bool(d.path) or d.synth_image_size >= 32, f"data.synth_image_size must be >= 32, got {d.synth_image_size}"),
-        (m.dtype in ("auto", "float32", "bfloat16", "float16"),
-         f"model.dtype must be auto, float32, bfloat16 or float16, got {m.dtype!r}"),
         (not m.lora or m.lora_r >= 1, f"model.lora_r must be >= 1, got {m.lora_r}"),
         (bool(m.name.strip()), "model.name is empty (tiny-llava, tiny-qwen2-vl or a local model directory)"),
         (cfg.judge.concurrency >= 1, f"judge.concurrency must be >= 1, got {cfg.judge.concurrency}"),
@@ -302,10 +350,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if not ok:
             raise ConfigError(msg)
     # max-over-K normalization with one candidate divides every ALR/VRR by itself: each becomes 1 (or 0)
-    for norm, w, name in ((p.alr_norm, p.w_alr, "alr"), (p.vrr_norm, p.w_vrr, "vrr")):
+    for norm, w, name in ((r.alr_norm, r.w_alr, "alr"), (r.vrr_norm, r.w_vrr, "vrr")):
         if p.k == 1 and norm == "max" and w != 0:
-            raise ConfigError(f"ppo.k=1 with ppo.{name}_norm=max turns every {name.upper()} into 1 (each candidate is "
-                              f"its own group maximum): use ppo.k >= 2, or ppo.{name}_norm=none")
+            raise ConfigError(f"ppo.k=1 with rewards.{name}_norm=max turns every {name.upper()} into 1 (each candidate "
+                              f"is its own group maximum): use ppo.k >= 2, or rewards.{name}_norm=none")
     threads_value(cfg.threads)
     return cfg
 

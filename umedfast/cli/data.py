@@ -13,13 +13,15 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import get_args
 
 from umedfast.boxes import FORMATS
+from umedfast.config import AnswerStyle
 
 
 def _add_writer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--box-format", default="norm1000", choices=sorted(FORMATS), help="box text format in answers")
-    p.add_argument("--style", default="full", choices=["full", "compact"], help="template answer style")
+    p.add_argument("--style", default="full", choices=get_args(AnswerStyle), help="template answer style")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -17,7 +17,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
+from umedfast.config import Generalization, JudgeKind, Split
 from umedfast.eval import tables as T
 
 SUBCOMMANDS = ("run", "table", "ablation", "bench", "report", "compare")
@@ -287,14 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint directory or tiny-llava / tiny-qwen2-vl; repeat for several table rows")
     r.add_argument("--names", help="comma-separated row names (default: directory names)")
     r.add_argument("--data", required=True, help="MAU JSONL (umedfast-data build/synth)")
-    r.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
-    r.add_argument("--generalization", choices=("category", "source", "modality"),
+    r.add_argument("--split", default="test", choices=(*get_args(Split), "all"))
+    r.add_argument("--generalization", choices=[g for g in get_args(Generalization) if g],
                    help="evaluate on the held-out part of a generalization split (Tables 7-9)")
     r.add_argument("--held-out", help="comma-separated held-out classes / sources / modalities")
     r.add_argument("--max-new-tokens", type=int, default=192, help="full-style answers run to ~130 tokens")
     r.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     r.add_argument("--box-format", default="norm1000")
-    r.add_argument("--judge", choices=("rubric", "openai"), help="also report judged accuracy")
+    r.add_argument("--judge", choices=get_args(JudgeKind), help="also report judged accuracy")
     r.add_argument("--judge-base-url")
     r.add_argument("--judge-model")
     r.add_argument("--judge-key-env", default="UMEDFAST_JUDGE_API_KEY",

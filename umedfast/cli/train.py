@@ -15,16 +15,19 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import get_args
+
+from umedfast.config import Advantage, Stage, TrainConfig  # light (yaml): no torch before the input checks
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="umedfast-train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="YAML config (see configs/demo.yaml); defaults are used when omitted")
-    ap.add_argument("--stage", choices=("sft", "ppo", "all"), help="overrides the config's stage")
+    ap.add_argument("--stage", choices=get_args(Stage), help="overrides the config's stage")
     ap.add_argument("--output-dir", help="overrides output_dir")
     ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of each stage")
-    ap.add_argument("--advantage", choices=("gae", "grpo", "rloo"), help="PPO advantage estimator (ppo.advantage)")
+    ap.add_argument("--advantage", choices=get_args(Advantage), help="PPO advantage estimator (ppo.advantage)")
     ap.add_argument("--no-vrr", action="store_true", help="ablation: drop the Vision Relevance Reward")
     ap.add_argument("--no-alr", action="store_true", help="ablation: drop the Abnormal Localization Reward")
     ap.add_argument("--no-relevance", action="store_true", help="ablation: drop the judge's relevance reward")
@@ -32,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def resolve(args) -> "TrainConfig":  # noqa: F821
+def resolve(args) -> TrainConfig:
     from umedfast.config import load_config
 
     ov = list(args.overrides)
@@ -42,7 +45,7 @@ def resolve(args) -> "TrainConfig":  # noqa: F821
         ov.append(f"output_dir={args.output_dir}")
     if args.advantage:
         ov.append(f"ppo.advantage={args.advantage}")
-    ov += ["ppo.w_vrr=0"] * args.no_vrr + ["ppo.w_alr=0"] * args.no_alr + ["ppo.w_llm=0"] * args.no_relevance
+    ov += ["rewards.w_vrr=0"] * args.no_vrr + ["rewards.w_alr=0"] * args.no_alr + ["rewards.w_llm=0"] * args.no_relevance
     return load_config(args.config, ov)
 
 

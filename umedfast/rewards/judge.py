@@ -28,6 +28,7 @@ from typing import Sequence
 
 from umedfast.answers import says_normal
 from umedfast.boxes import parse_boxes
+from umedfast.config import JudgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -288,8 +289,15 @@ def agreement(a: Sequence[float | None], b: Sequence[float | None], *, threshold
             "mean_abs_diff": sum(abs(x - y) for x, y in pairs) / n}
 
 
-def make_judge(kind: str = "rubric", **kw):
-    """``kind`` "rubric" (offline default) or "openai" (needs ``base_url`` and ``model``)."""
+def make_judge(kind: JudgeConfig | str = "rubric", **kw):
+    """The judge of a ``JudgeConfig`` (the config's ``judge`` section), or of a kind name plus keyword settings:
+    "rubric" (offline default) or "openai" (needs ``base_url`` and ``model``)."""
+    if isinstance(kind, JudgeConfig):
+        cfg, kind = kind, kind.kind
+        if kind == "openai":
+            kw = {"base_url": cfg.base_url, "model": cfg.model, "api_key_env": cfg.api_key_env,
+                  "concurrency": cfg.concurrency, "timeout_s": cfg.timeout_s, "retries": cfg.retries,
+                  "neutral": cfg.neutral, **kw}
     if kind == "rubric":
         return RubricJudge()
     if kind == "openai":

@@ -15,7 +15,7 @@ region-only denominator of the paper's formula (DESIGN.md, "VRR denominator"). S
 abnormal-class token positions (a response that names the class in more tokens, each looking at the region, earns
 more, as in the paper's sum over class tokens) and AVERAGES over heads and over the chosen layers (default: all layers
 of the language model), which keeps it on the scale of one attention row. The queries are the positions the caller
-marks in ``class_mask``. Stage-2 PPO (``umedfast.train.rollout_rewards.class_token_mask``, ``ppo.vrr_query``) marks by default
+marks in ``class_mask``. Stage-2 PPO (``umedfast.train.rollout_rewards.class_token_mask``, ``rewards.vrr_query``) marks by default
 the position that PRODUCED each class token (position ``P-1+j`` predicts response token ``j``): its attention is
 what the model looked at when it chose the class word. The class token's own position (``vrr_query=token``) reads
 the token and predicts the NEXT one. Evidence for the choice: docs/training.md, "VRR query". A sample with no

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from umedfast.config import PPOConfig, TrainConfig
+from umedfast.config import PPOConfig, RewardsConfig, TrainConfig
 from umedfast.model import PolicyWithValue, ValueHead, adapters_disabled, hidden_size
 from umedfast.model.collate import select_rows
 from umedfast.rewards.judge import make_judge
@@ -55,6 +55,7 @@ class PPOState:
     box_format: str = "norm1000"
     synced_gpus: bool = False
     guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
 
 
 @dataclass
@@ -94,12 +95,9 @@ def build_state(cfg: TrainConfig, d: Dist, device: str) -> PPOState:
     pol = trainable(bundle.model)
     opt = torch.optim.AdamW([{"params": pol, "lr": p.lr}, {"params": list(vh.parameters()), "lr": p.value_lr}],
                             weight_decay=0.0)
-    judge = make_judge(cfg.judge.kind, **({} if cfg.judge.kind == "rubric" else dict(
-        base_url=cfg.judge.base_url, model=cfg.judge.model, api_key_env=cfg.judge.api_key_env,
-        concurrency=cfg.judge.concurrency, timeout_s=cfg.judge.timeout_s, retries=cfg.judge.retries,
-        neutral=cfg.judge.neutral)))
+    judge = make_judge(cfg.judge)
     return PPOState(p, bundle, ref, vh, train_module, scorer, opt, pol, judge, pwv, d, device, cfg.seed,
-                    cfg.data.box_format, fsdp)
+                    cfg.data.box_format, fsdp, rewards=cfg.rewards)
 
 
 # --------------------------------------------------------------------------------------------------- 1. rollout
@@ -144,7 +142,7 @@ def score(st: PPOState, ro: Rollout) -> Scored:
             old_lp, old_v, _ = policy_outputs(st.scorer, ro.batch, resp, pw, k=p.k, bundle=st.bundle,
                                               temperature=p.temperature)
         ref_lp = reference_lp(st, ro)
-    rw = score_rollout(st.bundle, ro, st.judge, p, box_format=st.box_format)
+    rw = score_rollout(st.bundle, ro, st.judge, st.rewards, p.k, box_format=st.box_format)
     st.guard.add("reward_nonfinite", rw.combined.nonfinite)
     seq_r = sequence_reward(p, rw.combined.total, ro.truncated).to(st.device)
     first = None

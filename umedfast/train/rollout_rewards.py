@@ -3,12 +3,13 @@ class tokens on the region patches, through ``umedfast.rewards.vrr.vrr_forward``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 
 from umedfast.answers import says_normal
 from umedfast.boxes import parse_boxes
-from umedfast.config import PPOConfig
+from umedfast.config import RewardsConfig, VRRQuery
 from umedfast.data import CLASS_SYNONYMS, record_targets, synonyms
 from umedfast.model import image_region_mask, phrase_token_positions
 from umedfast.rewards.alr import alr_from_text
@@ -31,12 +32,7 @@ class RolloutRewards:
     combined: CombinedReward
 
 
-def _targets(rec):
-
-    return record_targets(rec)
-
-
-VRR_QUERIES = ("producer", "token")
+VRR_QUERIES = get_args(VRRQuery)
 
 
 def class_token_mask(bundle, ro: Rollout, labels: list[list[str]], query: str = "producer") -> torch.Tensor:
@@ -46,7 +42,7 @@ def class_token_mask(bundle, ro: Rollout, labels: list[list[str]], query: str = 
     ``query="producer"`` (default): one position earlier, the query whose attention PRODUCED the class token
     (position ``P-1+j`` predicts response token ``j``). Evidence for the default: docs/training.md, "VRR query"."""
     if query not in VRR_QUERIES:
-        raise ValueError(f"ppo.vrr_query must be one of {VRR_QUERIES}, got {query!r}")
+        raise ValueError(f"rewards.vrr_query must be one of {VRR_QUERIES}, got {query!r}")
     shift = 1 if query == "producer" else 0
 
     ids = ro.batch["input_ids"]
@@ -98,10 +94,11 @@ def credit_normal_answers(texts: list[str], normal: list[bool], vrr: torch.Tenso
     return vrr, written
 
 
-def score_rollout(bundle, ro: Rollout, judge, cfg: PPOConfig, *, box_format: str = "norm1000") -> RolloutRewards:
-    """All AAR rewards of a rollout. A reward whose weight is 0 is not computed (ablations cost nothing)."""
-
-    tg = [_targets(r) for r in ro.records]
+def score_rollout(bundle, ro: Rollout, judge, cfg: RewardsConfig, k: int, *,
+                  box_format: str = "norm1000") -> RolloutRewards:
+    """All AAR rewards of a rollout of ``k`` candidates per query (``cfg``: the config's ``rewards`` section). A
+    reward whose weight is 0 is not computed (ablations cost nothing)."""
+    tg = [record_targets(r) for r in ro.records]
     labels = [[lab for lab, _ in t] for t in tg]
     boxes = [[box for _, box in t] for t in tg]
     B = len(ro.texts)
@@ -119,13 +116,12 @@ def score_rollout(bundle, ro: Rollout, judge, cfg: PPOConfig, *, box_format: str
     else:
         r_llm = torch.zeros(B)
     if cfg.w_vrr:
-        layers = [int(x) for x in cfg.vrr_layers.split(",") if x.strip()] or None
-        vrr, written = compute_vrr(bundle, ro, boxes, labels, layers, cfg.vrr_query)
+        vrr, written = compute_vrr(bundle, ro, boxes, labels, list(cfg.vrr_layers) or None, cfg.vrr_query)
         if cfg.vrr_normal_credit:
             vrr, written = credit_normal_answers(ro.texts, [not t for t in tg], vrr, written, box_format)
     else:
         vrr, written = torch.zeros(B), torch.zeros(B, dtype=torch.bool)
-    comb = combine_rewards(r_llm, alr, vrr, cfg.k, class_written=written, format_ok=fmt, w_llm=cfg.w_llm,
+    comb = combine_rewards(r_llm, alr, vrr, k, class_written=written, format_ok=fmt, w_llm=cfg.w_llm,
                            w_alr=cfg.w_alr, w_vrr=cfg.w_vrr, format_penalty=cfg.format_penalty,
                            alr_norm=cfg.alr_norm, vrr_norm=cfg.vrr_norm)
     return RolloutRewards(r_llm, alr, iou, fmt, vrr, written, comb)
