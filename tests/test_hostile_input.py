@@ -125,6 +125,7 @@ def test_train_config_file_errors(tmp_path):
     ("ppo.temperature=0", "ppo.temperature must be > 0"),
     ("ppo.steps=-1", "ppo.steps must be >= 0"),
     ("ppo.k=1", "ppo.k=1 with rewards.alr_norm=max"),
+    ("ppo.giou_weight=0.5", "config key 'ppo.giou_weight' moved to 'rewards.giou_weight'"),
 ])
 def test_train_bad_override_is_one_line(tmp_path, override, needle):
     one_line_error(train("--output-dir", tmp_path / "o", override), needle)
