@@ -22,7 +22,7 @@ UMEDFAST_BENCH_THREADS (torch threads during the bench, default 1: on the shared
 made one step 30x slower, see bench/RESULTS.md).
 
 ``UmedfastStep`` calls ``umedfast.train.ppo_step.ppo_step``, the function ``run_ppo``'s loop calls once per
-iteration (no copy of the step exists; ``tests/test_bench_smoke.py`` checks it); ``TRLStep`` drives
+iteration (no copy of the step exists; ``tests/bench/test_bench_smoke.py`` checks it); ``TRLStep`` drives
 ``GRPOTrainer`` as its ``Trainer`` loop does, minus logging/saving.
 """
 from __future__ import annotations
@@ -204,7 +204,7 @@ import pytest  # noqa: E402
 
 def _bench_conftest():
     """bench/conftest.py (device naming, peak memory), loaded by path: under tests/ the name ``conftest`` is
-    tests/conftest.py (tests/test_bench_smoke.py imports this module)."""
+    tests/conftest.py (tests/bench/test_bench_smoke.py imports this module)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("umedfast_bench_conftest", Path(__file__).with_name("conftest.py"))

@@ -234,7 +234,7 @@ def _prev_pow2(x: int) -> int:
 def _tiles(dtype: torch.dtype) -> dict:
     """Tile sizes of the forward and dlogits kernels on a GPU. Half inputs: tensor-core (wgmma) tiles. fp32: its dots
     run as FMA (IEEE) or tf32 with operands in registers, so smaller tiles (the half tiles spill there; the AOT test
-    in tests/test_logprob_entropy.py compiles every entry for sm_90 and checks registers and shared memory)."""
+    in tests/kernels/test_logprob_entropy.py compiles every entry for sm_90 and checks registers and shared memory)."""
     if dtype == torch.float32:
         return dict(BLOCK_N=32, BLOCK_V=64, BLOCK_H=32, num_warps=4, num_stages=2)
     return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=64, num_warps=8, num_stages=3)

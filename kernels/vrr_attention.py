@@ -210,7 +210,7 @@ _SMEM_SLACK = 2 * 1024  # triton's allocation exceeds the estimate by up to 1 KB
 
 def _estimate_smem(cfg, block_d: int, elem_bytes: int) -> int:
     """Shared memory of one config: the Q tile plus ``num_stages`` buffers of the K and V tiles (what the software
-    pipeliner allocates), in bytes. Matches triton's allocation for sm_90 within 1 KB (tests/test_vrr_kernel.py
+    pipeliner allocates), in bytes. Matches triton's allocation for sm_90 within 1 KB (tests/kernels/test_vrr_attention.py
     compiles every surviving config ahead of time and checks the real figure)."""
     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
     return (bm * block_d + max(cfg.num_stages, 1) * 2 * bn * block_d) * elem_bytes

@@ -1,6 +1,6 @@
 """Vision-language models for umedfast: loading, batching, region/phrase -> token maps, value head, checkpoints.
 
-See docs/internal-api.md ("umedfast.model") and docs/models.md.
+See docs/architecture.md (layout, one PPO step) and docs/models.md.
 """
 from umedfast.model.checkpoint import load_checkpoint, load_value_head, save_checkpoint
 from umedfast.model.collate import collate_chat, model_inputs, prompt_and_suffix

@@ -20,7 +20,7 @@ from umedfast import ops
 
 from test_ops import ADVERSARIAL, assert_close_to_ref, random_boxes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 needs_variants = pytest.mark.skipif(not ops.cpu_kernel_variants(), reason="umedfast._C not built (or too old)")
 VARIANTS = ops.cpu_kernel_variants() or ["(none)"]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -245,7 +245,7 @@ def test_aarch64_neon_loops_vectorize_and_match_reference(tmp_path):
     results match the float64 reference under qemu-aarch64."""
     exe = tmp_path / "check_arm"
     out = subprocess.run(["aarch64-linux-gnu-g++", "-std=c++17", "-O3", "-static", f"-I{ROOT / 'csrc'}",
-                          str(ROOT / "tests" / "cpu_kernels_check.cpp"), "-o", str(exe)],
+                          str(ROOT / "tests" / "ops" / "cpu_kernels_check.cpp"), "-o", str(exe)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(exe)], capture_output=True,
@@ -260,7 +260,7 @@ def test_aarch64_neon_loops_vectorize_and_match_reference(tmp_path):
 def test_standalone_kernel_check_native(tmp_path):
     """The same standalone check compiled for this machine (baseline ISA)."""
     exe = tmp_path / "check"
-    out = subprocess.run(["g++", "-std=c++17", "-O3", f"-I{ROOT / 'csrc'}", str(ROOT / "tests" / "cpu_kernels_check.cpp"),
+    out = subprocess.run(["g++", "-std=c++17", "-O3", f"-I{ROOT / 'csrc'}", str(ROOT / "tests" / "ops" / "cpu_kernels_check.cpp"),
                           "-o", str(exe)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)

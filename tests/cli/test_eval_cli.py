@@ -247,6 +247,7 @@ def test_run_generalization_split_prints_held_out_columns(synth_data, tmp_path, 
     assert table.splitlines()[3].split()[-1] == "1.00"  # gold answers: accuracy 1 on the held-out source
 
 
+@pytest.mark.slow  # end to end: trains through the CLI
 def test_ablation_run_trains_all_four_end_to_end_and_resumes_a_crashed_one(tmp_path):
     """``ablation --run`` really trains: SFT once, PPO rows from it with their reward switched off, Table 6 with
     pooled paired intervals. A run whose eval.json is missing (as after a crash) is resumed, not refused."""

@@ -188,7 +188,7 @@ def test_sft_then_ppo_step_through_the_cli(tmp_path, lora):
            "ppo.ppo_epochs=1", "sft.eval_max_new_tokens=4", "ppo.eval_max_new_tokens=4", "eval_batch_size=2",
            "progress=false", "threads=2", f"model.lora={str(lora).lower()}"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRITON_INTERPRET="0", TOKENIZERS_PARALLELISM="false")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
     p = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     sft_rows = [json.loads(x) for x in (out / "sft" / "metrics.jsonl").read_text().splitlines() if x.strip()]

@@ -3,9 +3,10 @@ import signal
 import subprocess
 import time
 
-from umedfast.train.data_order import EpochOrder
-
+import pytest
 from _train_helpers import env, metrics, run, train_cmd
+
+from umedfast.train.data_order import EpochOrder
 
 
 def test_epoch_order_resumes_the_same_permutation():
@@ -29,6 +30,7 @@ def _steps_by_epoch(rows):
     return last
 
 
+@pytest.mark.slow  # end to end: trains through the CLI
 def test_sigkill_then_resume(tmp_path):
     out = tmp_path / "run"
     args = ["--stage", "sft", "sft.epochs=3", "sft.batch_size=4", "sft.save_every=1", "sft.eval_every_epoch=false"]

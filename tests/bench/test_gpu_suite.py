@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _suite():
@@ -25,14 +25,14 @@ def test_dry_run_collects_every_selection_and_writes_the_table(tmp_path):
     (hence `slow`). The CUDA-test step collects the two CUDA test files here (the real run collects all of tests/)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "bench/gpu_suite.py", "--dry-run", "--out", str(tmp_path), "--tests",
-                          "tests/test_kernels_cuda.py", "tests/test_ops.py"], cwd=ROOT,
+                          "tests/kernels/test_kernels_cuda.py", "tests/ops/test_ops.py"], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=2400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     res = json.loads((tmp_path / "gpu_suite.json").read_text())
     r = res["results"]
     assert list(r) == ["build", "tests", "vrr", "iou", "logprob", "ppo"]
     assert "pip install -e . --no-build-isolation" in r["build"]["cmd"] and r["build"]["dry_run"]
-    assert r["tests"]["rc"] == 0 and r["tests"]["collected"] >= 20  # tests/test_kernels_cuda.py alone has 21
+    assert r["tests"]["rc"] == 0 and r["tests"]["collected"] >= 20  # tests/kernels/test_kernels_cuda.py alone has 21
     assert r["vrr"]["rc"] == 0 and r["vrr"]["collected"] == 24  # 4 shapes x 6 providers
     assert r["iou"]["rc"] in (0, 5)  # CUDA cases are parametrized by the devices present: none on CPU
     assert r["logprob"]["rc"] == 0 and r["logprob"]["collected"] == 4

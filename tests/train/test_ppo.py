@@ -28,6 +28,7 @@ def test_global_whiten_one_rank_matches_masked_whiten():
     assert torch.allclose(global_whiten(x, m, Dist()), masked_whiten(x, m), atol=1e-6)
 
 
+@pytest.mark.slow  # end to end: trains through the CLI
 @pytest.mark.parametrize("extra", [["--advantage", "gae", "rewards.giou_weight=0.5", "rewards.format_penalty=0.1"],
                                    ["--advantage", "rloo", "--no-vrr", "model.lora=true", "model.lora_r=4"]])
 def test_ppo_runs_checkpoints_and_resumes(tmp_path, extra):

@@ -82,6 +82,7 @@ def _assert_same_run(one, two):
         assert worst < 1e-4, f"2-rank PPO {name} differs from 1-rank by {worst}"
 
 
+@pytest.mark.slow  # end to end: trains through the CLI
 def test_two_ranks_equal_one_rank(one, tmp_path):
     two = tmp_path / "two"
     shutil.copytree(one / "data", two / "data")  # share the generated data so both runs see identical records
@@ -89,6 +90,7 @@ def test_two_ranks_equal_one_rank(one, tmp_path):
     _assert_same_run(one, two)
 
 
+@pytest.mark.slow  # end to end: trains through the CLI
 def test_fsdp2_equals_one_rank_and_resumes(one, tmp_path):
     """FSDP2 (sharded weights, gradients and AdamW state) gives the 1-process result too; its checkpoints are full
     ``save_pretrained`` / safetensors files, and resuming from the step-1 checkpoint redoes step 2 exactly."""
@@ -219,6 +221,7 @@ def _fsdp_generate_worker(rank: int, world: int, init: str, out: str, data: str)
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # end to end: trains through the CLI
 def test_fsdp2_generation_synced_and_equal_to_unsharded(tmp_path):
     """Ranks that stop at different lengths do not hang (synced_gpus), and the sharded model samples exactly what
     the unsharded one does for the same query keys."""

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+from _train_helpers import TINY, env, metrics
 from PIL import Image
 
-from _train_helpers import TINY, env, metrics
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Tiny sizes appended to the README command (the demo itself trains for ~8 minutes). threads stays as the demo's.
 DEMO_TINY = [o for o in TINY if not o.startswith("threads=")] + [
     "sft.epochs=1", "sft.batch_size=4", "sft.max_steps=2", "ppo.steps=1", "ppo.queries_per_step=2", "ppo.k=2",
@@ -190,6 +190,7 @@ def _wait(proc, cond, timeout=300):
     return False
 
 
+@pytest.mark.slow  # end to end: trains through the CLI
 def test_ctrl_c_checkpoints_and_exits_130(tmp_path):
     out = tmp_path / "run"
     proc = _popen_train(out, "sft.epochs=100")
@@ -212,6 +213,7 @@ def test_ctrl_c_checkpoints_and_exits_130(tmp_path):
     assert f"--output-dir {out}" in m.group(3)
 
 
+@pytest.mark.slow  # end to end: trains through the CLI
 def test_kill_9_then_resume_logs_each_step_once(tmp_path):
     out = tmp_path / "run"
     args = ["sft.max_steps=24", "sft.epochs=10", "sft.save_every=4"]
