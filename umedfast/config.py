@@ -22,6 +22,7 @@ from umedfast.errors import UserError
 
 PARALLEL_MODES = ("ddp", "fsdp2")   # TrainConfig.parallel (checked here and by umedfast.train.distributed)
 GROUP_NORMS = ("max", "none")       # PPOConfig.alr_norm / vrr_norm (umedfast.rewards.combine.group_normalize)
+GAE_BASELINES = ("critic", "group", "greedy")  # PPOConfig.baseline (umedfast.train.ppo_step.advantages)
 
 
 @dataclass
@@ -87,6 +88,10 @@ class PPOConfig:
     advantage: str = "gae"              # "gae" (critic), "grpo" or "rloo" (critic-free group baselines)
     gamma: float = 1.0                  # GAE discount over response tokens
     lam: float = 1.0                    # GAE lambda; 1 = return - V_t (no positional bias from a young critic)
+    baseline: str = "critic"            # GAE baseline of a candidate: "critic" = V(s_t); "group" = the leave-one-out
+                                        # mean return of its query's other K-1 candidates + the critic's change
+                                        # V(s_t) - V(s_0); "greedy" = the reward of a greedy answer to the same
+                                        # query (ReMax, one extra generation per query) + the same critic change
     whiten_advantages: bool = True      # normalize advantages over the batch's response tokens
     kl_coef: float = 0.05               # per-token KL penalty to the reference (SFT) policy
     kl_estimator: str = "k1"            # per-token KL in the GAE reward: "k1" (standard) or "k2"; k3 is refused
@@ -256,6 +261,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.ppo.alr_norm in GROUP_NORMS and cfg.ppo.vrr_norm in GROUP_NORMS,
          f"ppo.alr_norm and ppo.vrr_norm must be one of {GROUP_NORMS}"),
         (cfg.ppo.kl_estimator in ("k1", "k2", "k3"), "ppo.kl_estimator must be k1, k2 or k3"),
+        (p.baseline in GAE_BASELINES, f"ppo.baseline must be one of {GAE_BASELINES}, got {p.baseline!r}"),
+        (p.baseline == "critic" or p.advantage == "gae",
+         f"ppo.baseline={p.baseline} applies to advantage=gae (grpo/rloo already use a group baseline)"),
+        (p.baseline != "group" or p.k >= 2, "ppo.baseline=group needs ppo.k >= 2 candidates per query"),
         (not (cfg.ppo.advantage == "gae" and cfg.ppo.kl_estimator == "k3"),  # issue 13: k3 as a reward has the
          "ppo.kl_estimator=k3 with advantage=gae is refused: use k1 (k3 belongs in the loss, grpo/rloo)"),  # wrong grad
         (cfg.ppo.k >= 1, "ppo.k must be >= 1"),
