@@ -161,14 +161,15 @@ def score(st: PPOState, ro: Rollout) -> Scored:
 
 
 # --------------------------------------------------------------------------------------------------- 3. advantages
-def global_whiten(x: torch.Tensor, mask: torch.Tensor, d: Dist, eps: float = 1e-8) -> torch.Tensor:
-    """Whiten ``x`` [B, L] over the response tokens of ALL ranks (same statistics as one process would use)."""
+def global_whiten(x: torch.Tensor, mask: torch.Tensor, d: Dist, eps: float = 1e-8, shift: bool = True) -> torch.Tensor:
+    """Whiten ``x`` [B, L] over the response tokens of ALL ranks (same statistics as one process would use).
+    ``shift=False`` only scales (keeps the sign an explicit baseline gave each token)."""
     m = mask.float()
     stats = all_reduce_sum(torch.stack([(x * m).sum(), (x * x * m).sum(), m.sum()]).double(), d)
     n = stats[2].clamp_min(1.0)
     mean = stats[0] / n
     var = (stats[1] / n - mean ** 2).clamp_min(0.0) * n / (n - 1).clamp_min(1.0)
-    return ((x - mean.float()) * torch.rsqrt(var.float() + eps)) * m
+    return ((x - mean.float() if shift else x) * torch.rsqrt(var.float() + eps)) * m
 
 
 def uniform_groups(seq_reward: torch.Tensor, k: int, tol: float = 1e-6) -> torch.Tensor:
@@ -265,7 +266,9 @@ def advantages(st: PPOState, ro: Rollout, sc: Scored) -> tuple[torch.Tensor, tor
             v = anchored_values(sc.old_v, r, mask, p.gamma, p.k, p.baseline, anchor)  # (the critic keeps its returns)
             adv = gae_advantages(r, v, mask, p.gamma, p.lam, cut=cut)[0]
         if p.whiten_advantages:
-            adv = global_whiten(adv, update_mask(p, ro, sc, st.device), st.d)
+            # a per-query baseline (group, greedy) already centres each query; re-centring on the batch mean would
+            # move the greedy anchor's zero (an answer as good as greedy would again be pushed up)
+            adv = global_whiten(adv, update_mask(p, ro, sc, st.device), st.d, shift=p.baseline == "critic")
         return adv, ret
     return group_advantages(sc.seq_reward, mask, p.k, p.advantage), None
 
