@@ -132,6 +132,8 @@ class JudgeConfig:
     concurrency: int = 8                # concurrent requests
     timeout_s: float = 30.0             # per-request timeout
     retries: int = 2                    # retries per request
+    json_mode: bool = False             # ask for response_format={"type": "json_object"} (llama.cpp, vLLM: the
+                                        # server constrains the reply to JSON, e.g. {"score": 7})
     neutral: float = 0.5                # score used when the judge fails
 
 

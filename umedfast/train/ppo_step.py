@@ -95,7 +95,7 @@ def build_state(cfg: TrainConfig, d: Dist, device: str) -> PPOState:
     judge = make_judge(cfg.judge.kind, **({} if cfg.judge.kind == "rubric" else dict(
         base_url=cfg.judge.base_url, model=cfg.judge.model, api_key_env=cfg.judge.api_key_env,
         concurrency=cfg.judge.concurrency, timeout_s=cfg.judge.timeout_s, retries=cfg.judge.retries,
-        neutral=cfg.judge.neutral)))
+        neutral=cfg.judge.neutral, json_mode=cfg.judge.json_mode)))
     return PPOState(p, bundle, ref, vh, train_module, scorer, opt, pol, judge, pwv, d, device, cfg.seed,
                     cfg.data.box_format, fsdp)
 
