@@ -114,6 +114,8 @@ class PPOConfig:
     w_vrr: float = 1.0                  # weight of the normalized VRR; 0 = --no-vrr
     format_penalty: float = 0.0         # subtracted when a box was expected but none parses
     giou_weight: float = 0.0            # ALR shaping: (1-w) IoU + w (GIoU+1)/2, so misses still get a signal
+    box_l1_weight: float = 0.0          # ALR shaping: + v * max(0, 1 - mean|corner error| / target size) (and
+                                        # (1-w-v) IoU): rewards near misses without rewarding wider, "hedged" boxes
     vrr_layers: str = ""                # comma-separated LM layer indices for VRR ("" = all layers)
     alr_norm: str = "max"               # ALR over the K candidates: "max" (divide by the group max, paper) or "none"
     vrr_norm: str = "max"               # VRR over the K candidates: "max" (paper) or "none"
@@ -274,6 +276,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.judge.kind in ("rubric", "openai"), "judge.kind must be rubric or openai"),
         (cfg.sft.batch_size >= 1 and cfg.sft.grad_accum >= 1, "sft.batch_size and sft.grad_accum must be >= 1"),
         (0.0 <= cfg.ppo.giou_weight <= 1.0, "ppo.giou_weight must be in [0, 1]"),
+        (0.0 <= p.box_l1_weight and p.giou_weight + p.box_l1_weight <= 1.0,
+         "ppo.box_l1_weight must be >= 0 and ppo.giou_weight + ppo.box_l1_weight <= 1"),
         (cfg.data.generalization in ("", "category", "source", "modality"),
          "data.generalization must be '', category, source or modality"),
         # values that would otherwise fail (or silently train nothing) only after the model has loaded

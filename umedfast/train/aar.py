@@ -125,7 +125,7 @@ def raw_rewards(bundle, ro: Rollout, judge, cfg: PPOConfig, box_format: str) -> 
     alr, iou, fmt = torch.zeros(B), torch.zeros(B), torch.ones(B, dtype=torch.bool)
     for i, (text, bx) in enumerate(zip(ro.texts, boxes)):
         res = alr_from_text(text, bx, box_format, image_size=getattr(ro.records[i], "image_size", None),
-                            giou_weight=cfg.giou_weight)
+                            giou_weight=cfg.giou_weight, l1_weight=cfg.box_l1_weight)
         alr[i], iou[i], fmt[i] = res.reward, res.iou, res.format_ok
     if cfg.w_llm:
         items = [JudgeItem(query=r.query, response=t, reference=r.response, labels=tuple(lab),
