@@ -57,9 +57,9 @@ def test_box_l1_shaping_rewards_near_misses_and_not_hedged_boxes():
     gt = [(0.50, 0.50, 0.54, 0.54)]
     assert alr_score(gt, gt, l1_weight=0.5).reward == pytest.approx(1.0)
     near = alr_score([(0.58, 0.50, 0.62, 0.54)], gt, l1_weight=1.0)  # 2 sizes right: mean corner error = 1 size
-    nearer = alr_score([(0.53, 0.50, 0.57, 0.54)], gt, l1_weight=1.0)
+    nearer = alr_score([(0.55, 0.50, 0.59, 0.54)], gt, l1_weight=1.0)  # no overlap, 1.25 sizes right
     assert near.iou == 0.0 and near.reward == pytest.approx(0.0, abs=1e-6)
-    assert nearer.iou == 0.0 and nearer.reward == pytest.approx(1 - 0.015 / 0.04, abs=1e-5)
+    assert nearer.iou == 0.0 and nearer.reward == pytest.approx(1 - 0.025 / 0.04, abs=1e-5)
     assert alr_score([(0.55, 0.50, 0.59, 0.54)], gt).reward == 0.0  # IoU alone: flat 0
 
     g = torch.Generator().manual_seed(0)
