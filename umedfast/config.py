@@ -34,9 +34,11 @@ KLEstimator = Literal["k1", "k2", "k3"]                 # umedfast.rl.losses.kl_
 GroupNorm = Literal["max", "none"]                      # umedfast.rewards.combine.group_normalize
 VRRQuery = Literal["producer", "token"]                 # umedfast.train.rollout_rewards.class_token_mask
 JudgeKind = Literal["rubric", "openai"]                 # umedfast.rewards.judge.make_judge
+GAEBaseline = Literal["critic", "group", "greedy"]      # umedfast.train.ppo_step.advantages
 
 PARALLEL_MODES = get_args(Parallel)
 GROUP_NORMS = get_args(GroupNorm)
+GAE_BASELINES = get_args(GAEBaseline)
 
 
 @dataclass
@@ -102,6 +104,10 @@ class PPOConfig:
     advantage: Advantage = "gae"        # "gae" (critic), "grpo" or "rloo" (critic-free group baselines)
     gamma: float = 1.0                  # GAE discount over response tokens
     lam: float = 1.0                    # GAE lambda; 1 = return - V_t (no positional bias from a young critic)
+    baseline: GAEBaseline = "critic"    # GAE baseline of a candidate: "critic" = V(s_t); "group" = the leave-one-out
+                                        # mean return of its query's other K-1 candidates + the critic's change
+                                        # V(s_t) - V(s_0); "greedy" = the reward of a greedy answer to the same
+                                        # query (ReMax, one extra generation per query) + the same critic change
     whiten_advantages: bool = True      # normalize advantages over the batch's response tokens
     kl_coef: float = 0.05               # per-token KL penalty to the reference (SFT) policy
     kl_estimator: KLEstimator = "k1"    # per-token KL in the GAE reward: "k1" (standard) or "k2"; k3 is refused
@@ -130,6 +136,8 @@ class RewardsConfig:
     w_vrr: float = 1.0                  # weight of the normalized VRR; 0 = --no-vrr
     format_penalty: float = 0.0         # subtracted when a box was expected but none parses
     giou_weight: float = 0.0            # ALR shaping: (1-w) IoU + w (GIoU+1)/2, so misses still get a signal
+    box_l1_weight: float = 0.0          # ALR shaping: + v * max(0, 1 - mean|corner error| / target size) (and
+                                        # (1-w-v) IoU): rewards near misses without rewarding wider, "hedged" boxes
     vrr_layers: list[int] = field(default_factory=list)  # LM layer indices VRR averages over ([] = all;
                                         # negative counts from the end, e.g. [-1])
     alr_norm: GroupNorm = "max"         # ALR over the K candidates: "max" (divide by the group max, paper) or "none"
@@ -148,6 +156,8 @@ class JudgeConfig:
     concurrency: int = 8                # concurrent requests
     timeout_s: float = 30.0             # per-request timeout
     retries: int = 2                    # retries per request
+    json_mode: bool = False             # ask for response_format={"type": "json_object"} (llama.cpp, vLLM: the
+                                        # server constrains the reply to JSON, e.g. {"score": 7})
     neutral: float = 0.5                # score used when the judge fails
 
 
@@ -309,12 +319,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     p, s, d, m, r = cfg.ppo, cfg.sft, cfg.data, cfg.model, cfg.rewards
     _check_literals(cfg)  # configs built in code skip _coerce
     checks = [
+        (p.baseline == "critic" or p.advantage == "gae",
+         f"ppo.baseline={p.baseline} applies to advantage=gae (grpo/rloo already use a group baseline)"),
+        (p.baseline != "group" or p.k >= 2, "ppo.baseline=group needs ppo.k >= 2 candidates per query"),
         (not (cfg.ppo.advantage == "gae" and cfg.ppo.kl_estimator == "k3"),  # issue 13: k3 as a reward has the
          "ppo.kl_estimator=k3 with advantage=gae is refused: use k1 (k3 belongs in the loss, grpo/rloo)"),  # wrong grad
         (cfg.ppo.k >= 1, "ppo.k must be >= 1"),
         (cfg.ppo.advantage == "gae" or cfg.ppo.k >= 2, "grpo/rloo need ppo.k >= 2 candidates per query"),
         (cfg.sft.batch_size >= 1 and cfg.sft.grad_accum >= 1, "sft.batch_size and sft.grad_accum must be >= 1"),
         (0.0 <= r.giou_weight <= 1.0, "rewards.giou_weight must be in [0, 1]"),
+        (0.0 <= r.box_l1_weight and r.giou_weight + r.box_l1_weight <= 1.0,
+         "rewards.box_l1_weight must be >= 0 and rewards.giou_weight + rewards.box_l1_weight <= 1"),
         # values that would otherwise fail (or silently train nothing) only after the model has loaded
         (s.lr > 0, f"sft.lr must be > 0, got {s.lr}"),
         (p.lr > 0, f"ppo.lr must be > 0, got {p.lr}"),

@@ -297,7 +297,7 @@ def make_judge(kind: JudgeConfig | str = "rubric", **kw):
         if kind == "openai":
             kw = {"base_url": cfg.base_url, "model": cfg.model, "api_key_env": cfg.api_key_env,
                   "concurrency": cfg.concurrency, "timeout_s": cfg.timeout_s, "retries": cfg.retries,
-                  "neutral": cfg.neutral, **kw}
+                  "neutral": cfg.neutral, "json_mode": cfg.json_mode, **kw}
     if kind == "rubric":
         return RubricJudge()
     if kind == "openai":
