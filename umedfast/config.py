@@ -315,7 +315,6 @@ def _check_literals(obj, where: str = "") -> None:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check enumerations and ranges before anything is loaded; raises ConfigError naming the offending key."""
-
     p, s, d, m, r = cfg.ppo, cfg.sft, cfg.data, cfg.model, cfg.rewards
     _check_literals(cfg)  # configs built in code skip _coerce
     checks = [

@@ -5,6 +5,8 @@
     umedfast-data stats data/mau_synth/mau_synth.jsonl           # counts per source / class / modality / split
 
 The LLM writer reads the key from OPENAI_API_KEY (never printed); --base-url points at any OpenAI-compatible server.
+
+Imports inside functions are deliberate: `stats` and refusals must not wait for torch or the writers' clients.
 """
 from __future__ import annotations
 

@@ -10,6 +10,8 @@
   umedfast-eval bench --checkpoint DIR --benchmark vqa_rad|slake|pmc_vqa|pneumoniamnist --root DIR
   umedfast-eval report --eval DIR [--metrics FILE.jsonl] [--checkpoint DIR] --out DIR
   umedfast-eval compare RUN_A RUN_B [--names a,b] [--json FILE]   -> paired B - A with 95% intervals, McNemar p
+
+Imports inside functions are deliberate: tables, comparisons and refusals never load torch (~11 s here).
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from umedfast.data.sources.base import read_json
 from umedfast.errors import UserError
+from PIL import Image
 
 BENCHMARKS = ("vqa_rad", "slake", "pmc_vqa", "pneumoniamnist")
 CHOICE_LETTERS = "ABCD"
@@ -266,7 +267,6 @@ def load_pneumoniamnist(root, *, split: str = "test") -> list[BenchSample]:
 
 def materialize_images(samples: Sequence[BenchSample], out_dir) -> None:
     """Write in-memory pixels (PneumoniaMNIST) as PNG files under out_dir and set `image` to their paths."""
-    from PIL import Image
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

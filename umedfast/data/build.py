@@ -49,6 +49,7 @@ def write_records(records: list[MAURecord], *, writer: str = "template", fmt: st
                   llm_writer=None, progress: bool = True) -> list[MAURecord]:
     """Fill query/response with the template writer, or with ``llm_writer`` (an ``LLMWriter``) when writer="llm"."""
     if writer == "template":
+        # lazy: tqdm.auto (~0.5 s) only when a progress bar is shown; `umedfast-data stats` stays light
         from tqdm.auto import tqdm
 
         for r in tqdm(records, desc="template", unit="rec", disable=not progress):

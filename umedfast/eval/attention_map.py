@@ -88,7 +88,6 @@ def _llava_extent(ip, orig_wh) -> tuple[float, float, float, float]:
 
 def class_positions(tokenizer, input_ids: Sequence[int], start: int, phrases: Sequence[str]) -> list[int]:
     """Indices (into input_ids) of the response tokens (from `start`) that spell any of `phrases`."""
-
     resp = list(input_ids[start:])
     pos = set()
     for ph in phrases:
@@ -103,7 +102,6 @@ def patch_attention(bundle, image, query: str, response: str, phrases: Sequence[
     image: PIL image; phrases: class names / synonyms to look for in the response (all response tokens when none
     occurs). layers: language-model layer indices to average (default all).
     """
-
     batch = collate_chat(bundle, [{"image": image, "query": query, "response": response}])
     ids = batch["input_ids"][0]
     real = int(batch["attention_mask"][0].sum())

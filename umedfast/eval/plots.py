@@ -70,7 +70,6 @@ def _save(fig, path) -> Path:
 
 def read_metrics_jsonl(path) -> list[dict]:
     """Rows of a training metrics JSONL (umedfast.train.metrics.MetricsLogger); malformed lines are an error."""
-
     return [row for _, row in iter_jsonl(path, "metrics JSONL")]  # a bad line: UserError naming file:line
 
 

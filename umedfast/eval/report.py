@@ -13,9 +13,7 @@ from typing import Sequence
 from umedfast.data import CLASS_SYNONYMS, load_image
 from umedfast.data.records import iter_jsonl
 from umedfast.eval import tables as T
-from umedfast.eval.attention_map import patch_attention
 from umedfast.eval.plots import plot_sample, plot_training_curves, read_metrics_jsonl
-from umedfast.model.checkpoint import load_model_or_checkpoint
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
@@ -85,6 +83,8 @@ def _sample_figures(rows, out_dir: Path, bundle) -> list[tuple[dict, Path, str]]
             text = (r.get("response") or "").lower()
             phrases += [lab for table in CLASS_SYNONYMS.values() for lab in table
                         if re.search(rf"(?<![a-z0-9]){re.escape(lab.lower())}(?![a-z0-9])", text)]
+            from umedfast.eval.attention_map import patch_attention  # torch + transformers (~17 s): heatmaps only
+
             pa = patch_attention(bundle, img, r.get("query") or "", r.get("response") or "", phrases)
             heat, extent = pa.heat, pa.extent01
             note = ("attention of the class-name tokens over image patches" if pa.class_tokens else
@@ -146,6 +146,8 @@ def build_report(out_dir, *, eval_dirs: Sequence = (), names: Sequence[str] = ()
 
     if loaded and loaded[-1][2]:
         if bundle is None and checkpoint:
+            from umedfast.model.checkpoint import load_model_or_checkpoint  # torch: only with --checkpoint
+
             bundle = load_model_or_checkpoint(str(checkpoint), device)
         picked = pick_samples(loaded[-1][2], n_samples)
         parts.append(f"<h2>Samples ({html.escape(loaded[-1][0])})</h2>"

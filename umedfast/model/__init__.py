@@ -4,8 +4,7 @@ See docs/architecture.md (layout, one PPO step) and docs/models.md.
 """
 from umedfast.model.checkpoint import load_checkpoint, load_value_head, save_checkpoint
 from umedfast.model.collate import collate_chat, model_inputs, prompt_and_suffix
-from umedfast.model.loading import (ARCHS, LoraSettings, VLMBundle, adapters_disabled, add_lora, default_dtype,
-                                    load_vlm)
+from umedfast.model.loading import ARCHS, LoraSettings, VLMBundle, adapters_disabled, add_lora, default_dtype, load_vlm
 from umedfast.model.regions import image_region_mask, phrase_token_positions
 from umedfast.model.tiny import TinySizes
 from umedfast.model.value import PolicyWithValue, ValueHead, hidden_size, last_hidden_and_logits

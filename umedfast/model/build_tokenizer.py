@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
 from umedfast.data import synth
 from umedfast.data.classes import CLASS_SYNONYMS
@@ -86,8 +87,6 @@ def train_tokenizer(texts: list[str], vocab_size: int = 1024) -> Tokenizer:
 
 def save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
     """Write ``tokenizer.json`` + ``tokenizer_config.json`` loadable by ``PreTrainedTokenizerFast.from_pretrained``."""
-    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
-
     out_dir.mkdir(parents=True, exist_ok=True)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>",
                                    pad_token="<pad>", unk_token=None,

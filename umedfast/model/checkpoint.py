@@ -15,11 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from umedfast.errors import UserError
-from umedfast.model.loading import ADAPTER_DIR, VLMBundle, check_model_dir, default_dtype, load_vlm
+from umedfast.model.loading import ADAPTER_DIR, VLMBundle, default_dtype, load_vlm
 from umedfast.model.value import ValueHead
+from umedfast.model_files import check_model_dir
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -55,7 +57,6 @@ def save_checkpoint(out_dir, bundle: VLMBundle, value_head: ValueHead | None = N
 
 
 def load_value_head(path, device="cpu") -> ValueHead:
-    from safetensors import safe_open  # noqa: PLC0415
 
     with safe_open(str(path), framework="pt") as f:
         hidden = int(f.metadata()["hidden_size"])
@@ -70,7 +71,6 @@ def load_checkpoint(ckpt_dir, *, device: str = "cpu", dtype: torch.dtype | None 
 
     A separate critic, if saved, is at ``ckpt_dir/critic`` (load it with ``load_vlm(ckpt_dir/'critic').model``).
     """
-
     d = check_model_dir(ckpt_dir, "checkpoint")  # missing files, pickles, truncated safetensors: one UserError line
     bundle = load_vlm(str(d), dtype=dtype or default_dtype(device), device=device,
                       attn_implementation=attn_implementation)

@@ -6,14 +6,22 @@ Offline only: ``name_or_path`` is a local directory, or one of the sentinels ``"
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import transformers
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoConfig
 
+from umedfast.errors import UserError
+from umedfast.model import processors, tiny
+from umedfast.model.processors import load_processor
 from umedfast.model.tiny import TinySizes
+from umedfast.model_files import check_model_dir
 
 # Built-in model names (no directory): the tiny random-init defaults and the presets with real pretrained parts.
 TINY_NAMES = {"tiny-llava": "llava", "tiny-qwen2-vl": "qwen2_vl", "tiny-qwen2.5-vl": "qwen2_5_vl",
@@ -80,7 +88,6 @@ def arch_of(config) -> str:
 
 
 def model_class(arch: str):
-    import transformers  # noqa: PLC0415
 
     return {"llava": transformers.LlavaForConditionalGeneration,
             "qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
@@ -100,15 +107,6 @@ def _build_tiny(family: str, sizes: TinySizes, seed: int):
         torch.manual_seed(seed)
         model = model_class(family)(config)
     return model, proc
-
-
-import importlib
-from dataclasses import replace
-
-from umedfast.errors import UserError
-from umedfast.model import processors, tiny
-from umedfast.model.processors import load_processor
-from umedfast.model_files import PICKLE_WEIGHTS, TOKENIZER_FILES, check_model_dir, check_safetensors  # noqa: E402,F401
 
 
 def load_vlm(name_or_path: str = "tiny-llava", *, dtype: torch.dtype | None = None, device: str = "cpu",
@@ -134,7 +132,6 @@ def load_vlm(name_or_path: str = "tiny-llava", *, dtype: torch.dtype | None = No
         model.set_attn_implementation(attn_implementation)
     else:
         path = check_model_dir(name_or_path, builtin=sorted(TINY_NAMES))
-        from transformers import AutoConfig  # noqa: PLC0415
 
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
         arch = arch_of(config)
@@ -182,8 +179,6 @@ def lora_target_regex(s: LoraSettings) -> str:
 
 def add_lora(bundle: VLMBundle, s: LoraSettings) -> VLMBundle:
     """Wrap ``bundle.model`` in a ``peft.PeftModel`` with fresh adapters (base weights frozen)."""
-    from peft import LoraConfig, get_peft_model  # noqa: PLC0415
-
     cfg = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=lora_target_regex(s),
                      modules_to_save=list(s.modules_to_save) or None, bias="none")
     if is_checkpointing(bundle.model):
@@ -193,7 +188,6 @@ def add_lora(bundle: VLMBundle, s: LoraSettings) -> VLMBundle:
 
 
 def _load_adapter(bundle: VLMBundle, adapter_dir: Path) -> None:
-    from peft import PeftModel  # noqa: PLC0415
 
     if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():  # never let peft unpickle adapter_model.bin
         raise UserError(f"LoRA adapter {adapter_dir} has no adapter_model.safetensors; umedfast loads safetensors only")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transformers import LlavaProcessor, PreTrainedTokenizerFast, Qwen2VLProcessor
+from transformers import AutoProcessor, AutoTokenizer, LlavaProcessor, PreTrainedTokenizerFast, Qwen2VLProcessor
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 
 from umedfast.model.chat_templates import IMAGE_TOKEN, LLAVA_CHAT_TEMPLATE, QWEN2_VL_CHAT_TEMPLATE
@@ -43,8 +45,6 @@ def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
 
 def tiny_llava_processor(image_size: int, patch_size: int) -> LlavaProcessor:
     """Resize (no crop: the whole image stays visible, so normalized boxes map straight onto the patch grid)."""
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # noqa: PLC0415
-
     ip = CLIPImageProcessorPil(size={"height": image_size, "width": image_size}, do_center_crop=False,
                                crop_size={"height": image_size, "width": image_size})
     return LlavaProcessor(image_processor=ip, tokenizer=tiny_tokenizer("llava"), patch_size=patch_size,
@@ -54,8 +54,6 @@ def tiny_llava_processor(image_size: int, patch_size: int) -> LlavaProcessor:
 
 def tiny_qwen2_vl_processor(image_size: int) -> Qwen2VLImageProcessor:
     """Fixed pixel budget ``image_size**2`` so a square image becomes an (image_size/14)^2 patch grid."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil  # noqa: PLC0415
-
     ip = Qwen2VLImageProcessorPil(min_pixels=image_size * image_size, max_pixels=image_size * image_size)
     return Qwen2VLImageProcessor(image_processor=ip, tokenizer=tiny_tokenizer("qwen2_vl"),
                                  chat_template=QWEN2_VL_CHAT_TEMPLATE)
@@ -63,15 +61,11 @@ def tiny_qwen2_vl_processor(image_size: int) -> Qwen2VLImageProcessor:
 
 def load_processor(path: str | Path, arch: str):
     """Processor of a local checkpoint; Qwen2-VL falls back to the image-only processor without torchvision."""
-    from transformers import AutoProcessor  # noqa: PLC0415
-
     try:
         return AutoProcessor.from_pretrained(str(path), local_files_only=True)
     except (ImportError, AttributeError, TypeError, ValueError, OSError):  # no torchvision -> no video processor
         if arch not in ("qwen2_vl", "qwen2_5_vl"):
             raise
-    from transformers import AutoTokenizer  # noqa: PLC0415
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil  # noqa: PLC0415
 
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     ip = Qwen2VLImageProcessorPil.from_pretrained(str(path), local_files_only=True)

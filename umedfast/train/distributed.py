@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from umedfast.config import PARALLEL_MODES
 
@@ -85,7 +86,6 @@ def wrap_ddp(module: torch.nn.Module, d: Dist, device: str) -> torch.nn.Module:
     """DistributedDataParallel around ``module`` when world > 1 (gradient all-reduce in buckets), else itself."""
     if not d.enabled:
         return module
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [d.local_rank] if device.startswith("cuda") else None
     # VLMs carry parameters a forward never touches (e.g. CLIP's post_layernorm on the unused pooled output)
@@ -94,7 +94,6 @@ def wrap_ddp(module: torch.nn.Module, d: Dist, device: str) -> torch.nn.Module:
 
 def check_parallel(parallel: str) -> None:
     """For configs built in code without ``umedfast.config.validate``: an unknown mode must not fall back to DDP."""
-
     if parallel not in PARALLEL_MODES:
         raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {parallel!r}")
 

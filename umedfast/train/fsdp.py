@@ -21,6 +21,12 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 
 import torch
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
+from transformers import PreTrainedModel
 
 from umedfast.train.distributed import Dist
 
@@ -29,13 +35,10 @@ UNIT_SUFFIXES = ("DecoderLayer", "EncoderLayer", "VisionBlock")
 
 def is_sharded(module) -> bool:
     """True if ``module`` or any submodule is managed by FSDP2."""
-    from torch.distributed.fsdp import FSDPModule
-
     return isinstance(module, torch.nn.Module) and any(isinstance(m, FSDPModule) for m in module.modules())
 
 
 def _mesh(d: Dist, device: str):
-    from torch.distributed.device_mesh import init_device_mesh
 
     return init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (d.world,))
 
@@ -47,8 +50,6 @@ def shard_model(model: torch.nn.Module, d: Dist, device: str) -> torch.nn.Module
     Call before building the optimizer (parameters become DTensor shards). Also marks the model so HF
     ``generate`` syncs ranks by itself (``synced_gpus``) when a caller does not say.
     """
-    from torch.distributed.fsdp import fully_shard
-
     mesh = _mesh(d, device)
     units = [m for m in model.modules() if type(m).__name__.endswith(UNIT_SUFFIXES)]
     if not units:
@@ -76,8 +77,6 @@ def _not_hf_models(mods: list) -> list:
     ``fully_shard`` swaps a module's class for an ``FSDP<Name>`` subclass, and transformers looks up its
     hidden-state recorders by the exact class (CLIP's vision model then returns no hidden states).
     """
-    from transformers import PreTrainedModel
-
     out = []
     for m in mods:
         if isinstance(m, (PreTrainedModel, torch.nn.ModuleList, torch.nn.ModuleDict)):  # containers: no forward
@@ -89,8 +88,6 @@ def _not_hf_models(mods: list) -> list:
 
 def shard_small(module: torch.nn.Module, d: Dist, device: str) -> torch.nn.Module:
     """One FSDP2 unit for a small module (the value head): its gradient is averaged over ranks like the policy's."""
-    from torch.distributed.fsdp import fully_shard
-
     fully_shard(module, mesh=_mesh(d, device))
     _init_root(module)
     return module
@@ -99,15 +96,11 @@ def shard_small(module: torch.nn.Module, d: Dist, device: str) -> torch.nn.Modul
 def _init_root(module: torch.nn.Module) -> None:
     """Make ``module`` the FSDP root now. FSDP2 picks as root the first unit to run forward; generation calls the
     vision tower first, which would then claim the root and break the next full forward."""
-    from torch.distributed.fsdp import fully_shard
-
     fully_shard.state(module)._lazy_init()  # private in torch 2.13; the same call a first root forward makes
 
 
 def local_fraction(module: torch.nn.Module) -> float:
     """Fraction of ``module``'s parameter elements stored on this rank (1.0 unsharded, ~1/world under FSDP2)."""
-    from torch.distributed.tensor import DTensor
-
     full = local = 0
     for p in module.parameters():
         full += p.numel()
@@ -117,8 +110,6 @@ def local_fraction(module: torch.nn.Module) -> float:
 
 def scalar(t) -> torch.Tensor:
     """A DTensor (e.g. ``clip_grad_norm_``'s total norm over shards) as a plain tensor; others unchanged."""
-    from torch.distributed.tensor import DTensor
-
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
@@ -141,8 +132,6 @@ class RootPolicyWithValue(torch.nn.Module):
 
 def _full(module: torch.nn.Module, d: Dist) -> dict:
     """Full CPU state dict of a sharded ``module`` on rank 0 ({} elsewhere). Collective: every rank calls it."""
-    from torch.distributed.tensor import DTensor
-
     out = {}
     for k, v in module.state_dict().items():
         if isinstance(v, DTensor):
@@ -167,7 +156,6 @@ class full_model_state:  # noqa: N801 - used like a module by the checkpoint cod
         return self._full
 
     def load_state_dict(self, sd: dict, strict: bool = True):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         keys = set(self.module.state_dict())
         set_model_state_dict(self.module, sd, options=StateDictOptions(full_state_dict=True, strict=False))
@@ -178,7 +166,6 @@ class full_optimizer_state:  # noqa: N801
     """The optimizer as the checkpoint code sees it under FSDP2: full (unsharded) state, keyed by parameter name."""
 
     def __init__(self, module: torch.nn.Module, optimizer, d: Dist):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         self.module, self.optimizer = module, optimizer
         self._full = get_optimizer_state_dict(module, optimizer,
@@ -188,7 +175,6 @@ class full_optimizer_state:  # noqa: N801
         return self._full
 
     def load_state_dict(self, sd: dict) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         # strict=False: parameters that never got a gradient (e.g. CLIP's unused post-layernorm) have no AdamW state
         set_optimizer_state_dict(self.module, self.optimizer, sd,
@@ -238,7 +224,6 @@ def gathered_for_save(modules: list, d: Dist):
 
 
 def _is_fsdp_type(c: type) -> bool:
-    from torch.distributed.fsdp import FSDPModule
 
     return issubclass(c, FSDPModule)
 

@@ -40,6 +40,7 @@ class MetricsLogger:
             self._f = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
             if tensorboard:
                 try:
+                    # lazy: tensorboard (~2 s after torch) only on the rank that writes, when enabled
                     from torch.utils.tensorboard import SummaryWriter
                     self._tb = SummaryWriter(str(self.dir / "tb"))
                 except Exception:  # noqa: BLE001 - TensorBoard is optional at runtime
@@ -85,7 +86,6 @@ def truncate_metrics(path: str | Path, keep_through: int) -> int:
     """Drop the rows of a metrics JSONL whose ``step`` is above ``keep_through`` (atomically); returns how many.
 
     A torn last line (the process was killed mid-write) is dropped too."""
-
     path = Path(path)
     if not path.is_file():
         return 0

@@ -31,7 +31,6 @@ from umedfast.train.training_state import latest_checkpoint, load_training_state
 
 def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False, write_eval: EvalWriter | None = None) -> dict:
     """Train stage 2 and return ``{"steps", "eval", "summary", "bundle"}``. ``write_eval``: see ``run_sft``."""
-
     p = cfg.ppo
     run_dir = Path(cfg.output_dir) / "ppo"
     device = resolve_device(cfg, d)

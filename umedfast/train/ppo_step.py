@@ -77,7 +77,6 @@ class Scored:
 # --------------------------------------------------------------------------------------------------- building
 def build_state(cfg: TrainConfig, d: Dist, device: str) -> PPOState:
     """Policy (+ value head), frozen reference, optimizer and judge from a training config (wraps for DDP/FSDP2)."""
-
     p = cfg.ppo
     bundle, ref = build_policy_and_reference(cfg, device)
     vh = ValueHead(hidden_size(bundle.base_model)).to(device)
@@ -138,7 +137,6 @@ def sequence_reward(p: PPOConfig, total: torch.Tensor, truncated: torch.Tensor) 
 
 def score(st: PPOState, ro: Rollout) -> Scored:
     """Old log-probs and values, reference log-probs, per-token KL and the AAR rewards of ``ro``."""
-
     p, mask, resp, pw = st.cfg, ro.response_mask.to(st.device), ro.response_ids, ro.prompt_width
     one = single_pass(p, resp.shape[0])
     with torch.no_grad():
@@ -208,7 +206,6 @@ def split_box_reward(rewards: torch.Tensor, mask: torch.Tensor, box_end: torch.T
     (rewards, cut Bool[B, L]). Rows without a box (-1), or whose box closes the answer, are unchanged. GAE then
     gives the box tokens the ALR return and the later (class) tokens the rest, so the box tokens stop absorbing
     the variance of the class outcome that follows them."""
-
     r = rewards.clone()
     cut = torch.zeros_like(r, dtype=torch.bool)
     last = last_token_index(mask)
@@ -310,7 +307,6 @@ def minibatch_order(p: PPOConfig, n_rows: int, seed: int, step: int, epoch: int)
 
 def clip_and_step(st: PPOState) -> None:
     """Clip the policy's and the critic's gradients SEPARATELY (each its own norm), then one AdamW step."""
-
     p = st.cfg
     for params, limit, name in ((st.policy_params, p.max_grad_norm, "ppo_grad_norm"),
                                 (list(st.value_head.parameters()), p.value_max_grad_norm, "value_grad_norm")):

@@ -60,7 +60,6 @@ def class_token_mask(bundle, ro: Rollout, labels: list[list[str]], query: str = 
 def compute_vrr(bundle, ro: Rollout, boxes: list[list], labels: list[list[str]], layers=None, query="producer"):
     """(vrr Float[B], class_written Bool[B]); rows whose response names no class get 0 without a kernel call.
     ``query``: see :func:`class_token_mask`."""
-
     cls = class_token_mask(bundle, ro, labels, query)
     written = cls.any(dim=1)
     vrr = torch.zeros(len(ro.texts))

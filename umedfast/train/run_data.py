@@ -17,7 +17,6 @@ def load_records(cfg: TrainConfig, d: Dist) -> tuple[list, list]:
     User mistakes raise ``UserError`` (one line at the CLI): a missing or empty data file, a malformed line
     (file:line), no training records, or records whose image files are missing (checked here, before any model
     is loaded, naming the first few)."""
-
     if cfg.data.path:
         path = Path(cfg.data.path)
         if not path.is_file():
@@ -57,7 +56,6 @@ def load_records(cfg: TrainConfig, d: Dist) -> tuple[list, list]:
 def synth_eval_records(cfg: TrainConfig, d: Dist) -> list:
     """``data.synth_eval_n`` MAU-Synth images from another seed (``synth_seed + 1``), all held out, generated once
     into OUTPUT/data_eval: a test set large enough for paired comparisons (~1,000 images) at no training cost."""
-
     out = Path(cfg.output_dir) / "data_eval"
     path = out / synth.JSONL_NAME
     if d.is_main and not path.is_file():

@@ -45,7 +45,6 @@ def response_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False, write_eval: EvalWriter | None = None) -> dict:
     """Train stage 1 and return ``{"steps", "eval", "summary", "bundle"}``. ``write_eval`` writes ``eval.json``
     (``umedfast.train.heldout``; the CLI passes ``umedfast.eval.mau.evaluate_and_write``)."""
-
     s = cfg.sft
     run_dir = Path(cfg.output_dir) / "sft"
     device = resolve_device(cfg, d)

@@ -146,7 +146,6 @@ def read_text(path: Path, what: str = "file") -> str:
 
 def csv_text(path: Path):
     """A text stream over a UTF-8 CSV for ``csv.reader`` (non-UTF-8 bytes: SourceFormatError at ``file:line``)."""
-
     return io.StringIO(read_text(path, "CSV"), newline="")
 
 
