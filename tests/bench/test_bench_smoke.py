@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 
 def _load_bench(name: str):
@@ -23,14 +22,6 @@ def _load_bench(name: str):
 bps = _load_bench("bench_ppo_step")
 
 TINY = bps.StepSizes(queries=2, k=2, max_new_tokens=5)
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,6 @@ from umedfast.train.rollout import sample_candidates
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def state_and_records(tmp_path_factory, one_thread):
     """A PPO state on the tiny LLaVA (as run_ppo builds it, no SFT checkpoint) and two MAU-Synth training records."""
     out = tmp_path_factory.mktemp("logprobs")

@@ -200,6 +200,16 @@ def _window(c, cx, cy, r):
     return y0, y1, x0, x1
 
 
+def _upper_lung_site(c, rng, org, *, up, radius, margin):
+    """A lesion site in the upper part of a random lung: centre (cx, cy) drawn ``up`` = (lo, hi) half-heights above
+    the lung's centre, radius ``r`` from ``radius``, and its ``_window`` of ``r * margin``. Draws from ``rng`` in a
+    fixed order (lung, x, y, radius), so a seed gives the same images."""
+    lx, ly, lrx, lry = org["lungs"][rng.integers(2)]
+    cx, cy = lx + rng.uniform(-0.3, 0.3) * lrx, ly - lry * rng.uniform(*up)
+    r = rng.uniform(*radius)
+    return cx, cy, r, _window(c, cx, cy, r * margin)
+
+
 def _blob(c, rng, win, cx, cy, rx, ry, lobes=0, amp=0.0, soft=0.12, angle=0.0):
     """Soft (optionally lobulated/spiculated) blob alpha in window ``win`` [h, w] in [0, 1]."""
     y0, y1, x0, x1 = win
@@ -268,20 +278,14 @@ def _draw_lesion(c, rng, img, label, org):
         a = lung * np.clip((c.yy[y0:y1, x0:x1] - level) * c.S / 2.0, 0, 1)
         value = 0.7
     elif label == "active tuberculosis":
-        lx, ly, lrx, lry = org["lungs"][rng.integers(2)]
-        cx, cy = lx + rng.uniform(-0.3, 0.3) * lrx, ly - lry * rng.uniform(0.3, 0.5)
-        r = rng.uniform(0.11, 0.15)
-        win = _window(c, cx, cy, r * 1.4)
+        cx, cy, r, win = _upper_lung_site(c, rng, org, up=(0.3, 0.5), radius=(0.11, 0.15), margin=1.4)
         patch = c.crop(c.tex, rng, win[1] - win[0], win[3] - win[2])
         envelope = _blob(c, rng, win, cx, cy, r, r * 0.8, soft=0.35)
         a = envelope * np.clip(patch * 1.8 + 0.1, 0, 1)  # patchy cloud inside a soft envelope
         box_alpha = envelope  # the box covers the whole cloud, not only its densest patches
         value = 0.68
     elif label == "obsolete tuberculosis":
-        lx, ly, lrx, lry = org["lungs"][rng.integers(2)]
-        cx, cy = lx + rng.uniform(-0.3, 0.3) * lrx, ly - lry * rng.uniform(0.1, 0.45)
-        r = rng.uniform(0.06, 0.09)
-        win = _window(c, cx, cy, r * 1.25)
+        cx, cy, r, win = _upper_lung_site(c, rng, org, up=(0.1, 0.45), radius=(0.06, 0.09), margin=1.25)
         a = np.zeros((win[1] - win[0], win[3] - win[2]), np.float32)
         for _ in range(rng.integers(5, 9)):  # calcified dots
             px, py = cx + rng.uniform(-r, r) * 0.85, cy + rng.uniform(-r, r) * 0.85
