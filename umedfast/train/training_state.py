@@ -1,4 +1,5 @@
-"""Resumable training checkpoints, written atomically, and the epoch-wise data order they restore.
+"""Resumable training checkpoints, written atomically: weights, optimizer, scheduler, RNG states and the data-order
+position (``umedfast.train.data_order``) they restore.
 
 A checkpoint is ``<run>/checkpoints/step-00000012/``::
 
