@@ -46,7 +46,7 @@ def test_build_template_and_skip_bad(tmp_path, capsys):
 
 
 def test_build_with_llm_writer(tmp_path, capsys, monkeypatch):
-    from test_data_llm_writer import KEY, FakeLLM
+    from _fake_llm import KEY, FakeLLM
 
     _kvasir(tmp_path / "kv")
     server = FakeLLM()
