@@ -76,3 +76,13 @@ def test_literal_settings_are_checked_once_for_files_and_code():
     cfg.rewards.alr_norm = "mean"
     with pytest.raises(ConfigError, match="rewards.alr_norm must be max or none, got 'mean'"):
         validate(cfg)
+
+
+def test_box_format_choices_are_the_formats_of_umedfast_boxes():
+    from typing import get_args
+
+    from umedfast.boxes import FORMATS
+    from umedfast.config import BoxFormatName
+    assert get_args(BoxFormatName) == tuple(FORMATS)
+    with pytest.raises(ConfigError, match="data.box_format must be norm1000, shikra, minigptv2 or qwen25_abs"):
+        load_config(None, ["data.box_format=xywh"])

@@ -35,6 +35,7 @@ GroupNorm = Literal["max", "none"]                      # umedfast.rewards.combi
 VRRQuery = Literal["producer", "token"]                 # umedfast.train.rollout_rewards.class_token_mask
 JudgeKind = Literal["rubric", "openai"]                 # umedfast.rewards.judge.make_judge
 GAEBaseline = Literal["critic", "group", "greedy"]      # umedfast.train.ppo_step.advantages
+BoxFormatName = Literal[tuple(FORMATS)]                 # the names of umedfast.boxes.FORMATS (defined there)
 
 PARALLEL_MODES = get_args(Parallel)
 GROUP_NORMS = get_args(GroupNorm)
@@ -64,7 +65,7 @@ class DataConfig:
                                         # held out) replacing the test split for eval.json; 0 = the test split
     synth_image_size: int = 112         # MAU-Synth: image side in pixels
     style: AnswerStyle = "compact"      # template answer style of MAU-Synth ("compact" ~40 tokens, "full")
-    box_format: str = "norm1000"        # how boxes are written in text (umedfast.boxes.FORMATS)
+    box_format: BoxFormatName = "norm1000"  # how boxes are written in text (umedfast.boxes.FORMATS)
     generalization: Generalization = ""  # "" (plain splits), "category", "source" or "modality"
     max_train: int = 0                  # cap on training records (0 = all)
     max_eval: int = 0                   # cap on held-out records evaluated (0 = all)
@@ -352,7 +353,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (p.clip_eps > 0, f"ppo.clip_eps must be > 0, got {p.clip_eps}"),
         (cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}"),
         (cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}"),
-        (d.box_format in FORMATS, f"data.box_format must be one of {sorted(FORMATS)}, got {d.box_format!r}"),
         (d.max_train >= 0 and d.max_eval >= 0, "data.max_train and data.max_eval must be >= 0 (0 = all)"),
         (bool(d.path) or d.synth_n >= 1, f"data.synth_n must be >= 1 (no data.path given), got {d.synth_n}"),
         (bool(d.path) or d.synth_image_size >= 32, f"data.synth_image_size must be >= 32, got {d.synth_image_size}"),
