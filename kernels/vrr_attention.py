@@ -35,6 +35,66 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @triton.jit
+def _vrr_block(
+    acc, l_i, m_i, r_i, q, start_n, offs_n0,
+    k_src, v_src, stride_kn, stride_vn,
+    pad_base, reg_base, regcnt_base,
+    offs_m, offs_d, q_pos_off, Nk, qk_scale,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_FP32: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr,
+):
+    """One key block [start_n, start_n + BLOCK_N): the online-softmax update of (acc, l_i, m_i, r_i)."""
+    offs_n = start_n + offs_n0
+    kv_mask = offs_n < Nk
+    if EVEN_D:
+        k_mask = kv_mask[:, None]
+    else:
+        k_mask = kv_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
+    if USE_TMA:
+        k = k_src.load([start_n, 0])  # [BN, D]
+    else:
+        k = tl.load(k_src + offs_n[:, None] * stride_kn + offs_d[None, :], mask=k_mask, other=0.0)  # [BN, D]
+    if DOT_FP32:
+        k = k.to(tl.float32)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+    else:
+        qk = tl.dot(q, tl.trans(k))
+    if MASKED:
+        keep = kv_mask[None, :]
+        if IS_CAUSAL:
+            keep = keep & (offs_n[None, :] <= offs_m[:, None] + q_pos_off)
+        qk = tl.where(keep, qk, float("-inf"))
+    if HAS_PAD:
+        pad = tl.load(pad_base + offs_n, mask=kv_mask, other=0)
+        qk = tl.where(pad[None, :] != 0, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    # A row with no allowed key so far keeps m = -inf; shift by 0 there so exp2 gives 0, not NaN.
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(qk * qk_scale - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    r_i = r_i * alpha
+    # Per-block flag from the prefix count: the extra reduction only where the block holds a region key.
+    n_reg = tl.load(regcnt_base + tl.minimum(start_n + BLOCK_N, Nk)) - tl.load(regcnt_base + start_n)
+    if n_reg > 0:
+        reg = tl.load(reg_base + offs_n, mask=kv_mask, other=0)
+        r_i += tl.sum(tl.where(reg[None, :] != 0, p, 0.0), 1)
+    acc = acc * alpha[:, None]
+    if USE_TMA:
+        v = v_src.load([start_n, 0])
+    else:
+        v = tl.load(v_src + offs_n[:, None] * stride_vn + offs_d[None, :], mask=k_mask, other=0.0)  # [BN, D]
+    if DOT_FP32:
+        v = v.to(tl.float32)
+        acc = tl.dot(p, v, acc, input_precision=DOT_PREC)
+    else:
+        acc = tl.dot(p.to(v.dtype), v, acc)
+    m_i = m_new
+    return acc, l_i, m_i, r_i
+
+
+@triton.jit
 def _vrr_attend_blocks(
     acc, l_i, m_i, r_i, q,
     k_src, v_src, stride_kn, stride_vn,
@@ -46,58 +106,26 @@ def _vrr_attend_blocks(
 ):
     """Online-softmax update of (acc, l_i, m_i, r_i) over key blocks [lo, hi); m_i lives in the log2 domain.
     The softmax scale (times log2 e, > 0) is folded into the exp2 argument: one FMA per score, as in the Triton
-    tutorial. K/V loads stay unconditional at the loop top so the GPU pipeliner can prefetch them.
+    tutorial. K/V loads stay unconditional at the block top so the GPU pipeliner can prefetch them.
     ``k_src``/``v_src``: base pointers of this (batch, kv head), or, with USE_TMA, tensor descriptors over
     [Nk, HEAD_DIM] (TMA loads; rows past Nk and columns past HEAD_DIM arrive as zeros). WARP_SPEC asks the compiler
-    to warp-specialize the loop (producer warps issue the loads, consumer warps the dots and softmax)."""
+    to warp-specialize the loop (producer warps issue the loads, consumer warps the dots and softmax); only that
+    branch uses ``tl.range(warp_specialize=)`` (triton >= 3.4), so older tritons compile the plain loop."""
     offs_n0 = tl.arange(0, BLOCK_N)
-    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
-        offs_n = start_n + offs_n0
-        kv_mask = offs_n < Nk
-        if EVEN_D:
-            k_mask = kv_mask[:, None]
-        else:
-            k_mask = kv_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
-        if USE_TMA:
-            k = k_src.load([start_n, 0])  # [BN, D]
-        else:
-            k = tl.load(k_src + offs_n[:, None] * stride_kn + offs_d[None, :], mask=k_mask, other=0.0)  # [BN, D]
-        if DOT_FP32:
-            k = k.to(tl.float32)
-            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-        else:
-            qk = tl.dot(q, tl.trans(k))
-        if MASKED:
-            keep = kv_mask[None, :]
-            if IS_CAUSAL:
-                keep = keep & (offs_n[None, :] <= offs_m[:, None] + q_pos_off)
-            qk = tl.where(keep, qk, float("-inf"))
-        if HAS_PAD:
-            pad = tl.load(pad_base + offs_n, mask=kv_mask, other=0)
-            qk = tl.where(pad[None, :] != 0, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        # A row with no allowed key so far keeps m = -inf; shift by 0 there so exp2 gives 0, not NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk * qk_scale - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        r_i = r_i * alpha
-        # Per-block flag from the prefix count: the extra reduction only where the block holds a region key.
-        n_reg = tl.load(regcnt_base + tl.minimum(start_n + BLOCK_N, Nk)) - tl.load(regcnt_base + start_n)
-        if n_reg > 0:
-            reg = tl.load(reg_base + offs_n, mask=kv_mask, other=0)
-            r_i += tl.sum(tl.where(reg[None, :] != 0, p, 0.0), 1)
-        acc = acc * alpha[:, None]
-        if USE_TMA:
-            v = v_src.load([start_n, 0])
-        else:
-            v = tl.load(v_src + offs_n[:, None] * stride_vn + offs_d[None, :], mask=k_mask, other=0.0)  # [BN, D]
-        if DOT_FP32:
-            v = v.to(tl.float32)
-            acc = tl.dot(p, v, acc, input_precision=DOT_PREC)
-        else:
-            acc = tl.dot(p.to(v.dtype), v, acc)
-        m_i = m_new
+    if WARP_SPEC:
+        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=True):
+            acc, l_i, m_i, r_i = _vrr_block(
+                acc, l_i, m_i, r_i, q, start_n, offs_n0, k_src, v_src, stride_kn, stride_vn,
+                pad_base, reg_base, regcnt_base, offs_m, offs_d, q_pos_off, Nk, qk_scale,
+                MASKED, IS_CAUSAL, HAS_PAD, HEAD_DIM, EVEN_D, BLOCK_N, DOT_FP32, DOT_PREC, USE_TMA,
+            )
+    else:
+        for start_n in range(lo, hi, BLOCK_N):
+            acc, l_i, m_i, r_i = _vrr_block(
+                acc, l_i, m_i, r_i, q, start_n, offs_n0, k_src, v_src, stride_kn, stride_vn,
+                pad_base, reg_base, regcnt_base, offs_m, offs_d, q_pos_off, Nk, qk_scale,
+                MASKED, IS_CAUSAL, HAS_PAD, HEAD_DIM, EVEN_D, BLOCK_N, DOT_FP32, DOT_PREC, USE_TMA,
+            )
     return acc, l_i, m_i, r_i
 
 
