@@ -156,6 +156,43 @@ def test_untuned_launch_uses_the_first_fitting_config(monkeypatch):
     torch.testing.assert_close(mass.double(), m64, atol=2e-6, rtol=0)
 
 
+@pytest.mark.parametrize("variant", ["tma", "ws", "tma_ws"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_variants_match_reference(variant, dtype, monkeypatch):
+    """The TMA-descriptor and warp-specialized variants (UMEDFAST_VRR_VARIANT) under the interpreter, which runs
+    tl.make_tensor_descriptor loads (zero fill past Nk and past the head dim: D=80 in a 128-wide block) and treats
+    warp_specialize as a plain loop. The TMA variants must really go through descriptors (spied)."""
+    import triton.runtime.interpreter as interp
+
+    made = []
+    orig = interp.InterpreterBuilder.create_make_tensor_descriptor
+    monkeypatch.setattr(interp.InterpreterBuilder, "create_make_tensor_descriptor",
+                        lambda self, *a, **kw: made.append(1) or orig(self, *a, **kw))
+    monkeypatch.setenv("UMEDFAST_VRR_VARIANT", variant)
+    q, k, v = _inputs(2, 2, 1, 37, 70, 80, dtype, seed=9)
+    for causal, pad in ((True, "left"), (False, "right")):
+        _check(q, k, v, _region("span", 2, 70), causal=causal, pad=_padding(pad, 2, 70))
+    assert bool(made) == ("tma" in variant)
+
+
+def test_variant_selection():
+    """Forced names are honored, unknown names refused, "auto" lists what the GPU supports (warp specialization only
+    on compute capability >= 10: identical PTX on sm_90), and TMA falls back when the inputs are not 16-byte aligned."""
+    mod = importlib.import_module("umedfast.kernels.vrr_attention")
+    assert mod.supported_variants((9, 0)) == ["ptr", "tma"]
+    assert mod.supported_variants((10, 0)) == ["ptr", "tma", "ws", "tma_ws"]
+    assert mod.supported_variants((8, 0)) == ["ptr"]
+    q, k, v = _inputs(1, 2, 1, 8, 8, 64, torch.bfloat16)
+    assert mod._resolve_variant("tma", q, k, v) == ("tma",)
+    assert mod._resolve_variant("auto", q, k, v) == ("ptr", "tma")
+    assert mod._resolve_variant("auto", q.float(), k.float(), v.float()) == ("ptr",)
+    odd = torch.randn(1, 1, 8, 20).to(torch.bfloat16)  # 40-byte rows: not a multiple of 16 bytes
+    assert mod._resolve_variant("tma", q[..., :20], odd, odd) == ("ptr",)
+    assert mod._resolve_variant("tma_ws", q[..., :20], odd, odd) == ("ws",)
+    with pytest.raises(ValueError, match="UMEDFAST_VRR_VARIANT"):
+        mod._resolve_variant("fast", q, k, v)
+
+
 def test_strided_inputs_and_out_view():
     """HF hands [B,N,H,D] buffers transposed to [B,H,N,D]; the output may go straight into a [B,N,H,D] buffer."""
     B, N, H, D = 2, 37, 4, 32
