@@ -20,7 +20,12 @@ Notes on the kernel:
   sample (left / right padding) are not visited at all.
 - Under ``TRITON_INTERPRET=1`` the interpreter multiplies the bit patterns of bf16 operands in ``tl.dot``; there
   (only) the operands are upcast to fp32 through a constexpr. On GPU half dots stay on tensor cores; fp32 dots are
-  IEEE (FMA) or tf32 as torch's ``allow_tf32`` says, with their own small autotune tiles.
+  IEEE (FMA, 8-warp tiles that compile without spills at every head dim) or tf32 wgmma as torch's ``allow_tf32``
+  says (IEEE at head dim 256, where every tf32 tile spills).
+- Variants (``UMEDFAST_VRR_VARIANT`` / ``variant=``): pointer loads (default), K/V through TMA tensor descriptors,
+  warp specialization (Blackwell only: a no-op on sm_90); feature-detected, "auto" autotunes over the supported ones.
+- Head dims that are not powers of two (80, 96) run in the next power-of-two block (128) with masked loads: the
+  dots do 128/D times the work (1.6x at 80, 1.33x at 96); see bench/RESULTS.md for why no 64+32 split (yet).
 """
 from __future__ import annotations
 
