@@ -42,7 +42,7 @@ BENCHES = [  # (name, pytest target, -k filter)
 ]
 # per-step limits (s); the expected total on one H100/H200 with 16 cores is ~6-8 min (vrr_variants ~1 min: the
 # pointer-load configs come from triton's disk cache after the vrr step, 7 TMA configs compile), the worst case 18 min
-LIMITS_S = {"build": 180, "tests": 180, "vrr": 180, "vrr_variants": 150, "iou": 60, "logprob": 120, "ppo": 180}
+LIMITS_S = {"build": 180, "tests": 240, "vrr": 180, "vrr_variants": 150, "iou": 60, "logprob": 120, "ppo": 180}
 # ~0.5B parameters with the tiny tokenizer's small vocabulary: 24 layers x (attention 7.1M + MLP 14.2M) at 1536 wide
 PPO_OVERRIDES = ["model.name=tiny-qwen2-vl", "model.tiny_text_hidden=1536", "model.tiny_text_layers=24",
                  "model.dtype=bfloat16", "seed=0", "progress=false"]

@@ -72,9 +72,8 @@ def test_vrr_every_variant_matches_float64(variant, dtype, monkeypatch):
     if variant not in mod.supported_variants():
         pytest.skip(f"{variant} not supported here (triton / compute capability)")
     monkeypatch.setenv("UMEDFAST_VRR_VARIANT", variant)
-    for D in (80, 128):
-        _vrr_check(*_vrr_inputs(2, 4, 2, 129, 1025, D, dtype, seed=D), causal=True)
-        _vrr_check(*_vrr_inputs(1, 2, 1, 37, 37, D, dtype, seed=D + 1), causal=False)
+    _vrr_check(*_vrr_inputs(2, 4, 2, 129, 1025, 80, dtype, seed=80), causal=True)
+    _vrr_check(*_vrr_inputs(1, 2, 1, 37, 37, 128, dtype, seed=128), causal=False)
 
 
 @pytest.mark.parametrize("causal", [True, False])
