@@ -253,7 +253,7 @@ def test_random_padding_layouts_and_tiles(seed):
 
 
 _SM90_SCRIPT = r"""
-import importlib, json, sys
+import importlib, json, os, sys
 import torch
 import triton
 from _triton_aot import sm90_resources, no_ptxas
@@ -287,6 +287,9 @@ try:
             rows.append(dict(dtype=t, D=D, prec=prec, variant=variant, BLOCK_M=cfg.kwargs["BLOCK_M"],
                              BLOCK_N=cfg.kwargs["BLOCK_N"], warps=cfg.num_warps, stages=cfg.num_stages,
                              triton=triton.__version__, **r))
+            if os.environ.get("UMEDFAST_AOT_ROWS_LOG"):  # progress of a long sweep, one JSON row per line
+                with open(os.environ["UMEDFAST_AOT_ROWS_LOG"], "a") as f:
+                    f.write(json.dumps(rows[-1]) + "\n")
 except Exception as e:
     if no_ptxas(e):
         print(json.dumps({"skip": str(e)[:300]})); sys.exit(0)
@@ -342,10 +345,10 @@ def every_config_variants():
     from umedfast.kernels.vrr_attention import _has_tma_api
 
     half_variants = ["ptr"] + (["tma"] if _has_tma_api() else [])
-    v = [(dt, D, "ieee", var, None) for dt in ("bfloat16", "float16") for D in (64, 96, 128, 256)
-         for var in half_variants]
-    v += [("float32", D, "ieee", "ptr", None) for D in (64, 128, 256)]
+    v = [("float32", D, "ieee", "ptr", None) for D in (64, 128, 256)]
     v += [("float32", D, "tf32", "ptr", None) for D in (64, 128)]
+    v += [(dt, D, "ieee", var, None) for dt in ("bfloat16", "float16") for D in (64, 96, 128, 256)
+          for var in half_variants]
     return v
 
 
@@ -354,8 +357,8 @@ def test_every_autotune_config_compiles_for_sm90_without_spills():
     """Issue 14: every autotune config that survives pruning, for bf16 and fp16 (pointer loads and TMA) at head dims
     64/96/128/256, fp32 IEEE at 64/128/256 and fp32 tf32 at 64/128, compiled for sm_90: no spills anywhere, shared
     memory within 227 KB. ~110 compiles: ~20 min cold on 2 busy cores, a minute from triton's cache; hence `slow`.
-    UMEDFAST_AOT_TRITON=/path/to/site-packages runs the sweep with another triton (the device's 3.6). Prints the
-    table for RESULTS.md."""
+    UMEDFAST_AOT_TRITON=/path/to/site-packages runs the sweep with another triton (the device's 3.6);
+    UMEDFAST_AOT_ROWS_LOG=file appends each compiled row as it comes. Prints the table for RESULTS.md."""
     variants = every_config_variants()
     rows = compile_for_sm90(_SM90_SCRIPT % repr(variants), timeout=4800)["rows"]
     assert {(r["dtype"], r["D"], r["prec"], r["variant"]) for r in rows} == {v[:4] for v in variants}
