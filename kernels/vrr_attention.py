@@ -242,7 +242,7 @@ def _vrr_attention_fwd_kernel(
 #   (wgmma wants BLOCK_M a multiple of 64); pruned per head dim by the shared-memory and register estimates below.
 # - fp32 with IEEE dots (torch's default, allow_tf32 off): FMA dots hold their operands in registers, with a layout
 #   that replicates the reduction dim per thread, so register use does not follow the tile area: small tiles on
-#   8 warps fit (66-162 registers, no spills at D = 64..256), while 4 warps or 32x32 tiles spill (up to 5 KB at
+#   8 warps fit (64-103 registers, no spills at D = 64..256), while 4 warps or 32x32 tiles spill (up to 5 KB at
 #   D = 256). Each tile carries the largest BLOCK_D at which ptxas (triton 3.6 and 3.9, sm_90) compiled it spill-free.
 # - fp32 with tf32 dots (torch.backends.cuda.matmul.allow_tf32 on): wgmma on fp32 operands, 64-row tiles; every tile
 #   spills at D = 256, where the launcher runs IEEE dots instead (more accurate, spill-free).
@@ -260,9 +260,8 @@ _HALF_TILES = [  # (BLOCK_M, BLOCK_N, warps, stages)
     (64, 64, 4, 4), (64, 128, 4, 2), (64, 32, 4, 4), (64, 64, 8, 2),
 ]
 _FP32_TILES = [  # (BLOCK_M, BLOCK_N, warps, stages, largest spill-free BLOCK_D); the first runs under UMEDFAST_AUTOTUNE=0
-    (16, 32, 8, 2, 256), (16, 16, 8, 2, 256), (16, 32, 8, 3, 256), (16, 16, 8, 3, 256), (32, 16, 8, 2, 256),
-    (16, 64, 8, 2, 64),
-]
+    (16, 32, 8, 2, 256), (16, 16, 8, 2, 256), (16, 32, 8, 3, 256), (16, 16, 8, 3, 256), (16, 64, 8, 2, 64),
+]  # 32x16 w8 dropped: triton 3.6 gave it an 8-byte stack frame at D=64 (spill-free at 128 / 256, and with 3.9)
 _TF32_TILES = [
     (64, 32, 8, 2, 128), (64, 16, 4, 2, 128), (128, 32, 8, 2, 128), (64, 32, 4, 3, 128), (64, 32, 4, 2, 128),
     (64, 64, 4, 2, 64), (128, 64, 8, 2, 64),
