@@ -361,7 +361,9 @@ def test_every_autotune_config_compiles_for_sm90_without_spills():
     UMEDFAST_AOT_ROWS_LOG=file appends each compiled row as it comes. Prints the table for RESULTS.md."""
     variants = every_config_variants()
     rows = compile_for_sm90(_SM90_SCRIPT % repr(variants), timeout=4800)["rows"]
-    assert {(r["dtype"], r["D"], r["prec"], r["variant"]) for r in rows} == {v[:4] for v in variants}
+    short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+    assert {(r["dtype"], r["D"], r["prec"], r["variant"]) for r in rows} == \
+        {(short[v[0]], *v[1:4]) for v in variants}
     print(f"\ntriton {rows[0]['triton']}")
     print("| dtype | D | dots | variant | BLOCK_M x BLOCK_N | warps | stages | registers | stack (spills) | shared KB "
           "| wgmma |")
