@@ -6,6 +6,7 @@ worker processes, real training subprocesses.
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -273,6 +274,7 @@ def test_torchrun_two_ranks_with_two_workers_each_keep_the_global_order(tmp_path
     one = tmp_path / "one"
     run(train_cmd(one, *common, "sft.batch_size=4", "data.workers=0"))
     two = tmp_path / "two"
+    shutil.copytree(one / "data", two / "data")  # the same records (and the output folder exists for both ranks)
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "umedfast.cli",
          "--output-dir", str(two), *common, "sft.batch_size=2", "data.workers=2", *TINY], timeout=300)
     r1 = [r for r in metrics(one / "sft" / "metrics.jsonl") if "loss" in r]
