@@ -51,6 +51,31 @@ def test_giou_shaping_gives_signal_to_misses():
     assert alr_score(gt, gt, giou_weight=0.5).reward == pytest.approx(1.0)
 
 
+def test_box_l1_shaping_rewards_near_misses_and_not_hedged_boxes():
+    """The corner-accuracy term: exact box 1, a mean corner error of one target size 0, and under position noise its expected
+    value peaks at the true size, where expected IoU peaks at a wider box (the hedge PPO learned)."""
+    gt = [(0.50, 0.50, 0.54, 0.54)]
+    assert alr_score(gt, gt, l1_weight=0.5).reward == pytest.approx(1.0)
+    near = alr_score([(0.58, 0.50, 0.62, 0.54)], gt, l1_weight=1.0)  # 2 sizes right: mean corner error = 1 size
+    nearer = alr_score([(0.55, 0.50, 0.59, 0.54)], gt, l1_weight=1.0)  # no overlap, 1.25 sizes right
+    assert near.iou == 0.0 and near.reward == pytest.approx(0.0, abs=1e-6)
+    assert nearer.iou == 0.0 and nearer.reward == pytest.approx(1 - 0.025 / 0.04, abs=1e-5)
+    assert alr_score([(0.55, 0.50, 0.59, 0.54)], gt).reward == 0.0  # IoU alone: flat 0
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(600, 4, generator=g) * 0.02
+
+    def expected(size, **kw):
+        c = 0.52
+        return sum(alr_score([(c - size / 2 + n[0], c - size / 2 + n[1], c + size / 2 + n[2], c + size / 2 + n[3])],
+                             gt, **kw).reward for n in noise.tolist()) / len(noise)
+
+    sizes = [0.04, 0.05, 0.06, 0.07]
+    iou_best = max(sizes, key=lambda s: expected(s))
+    l1_best = max(sizes, key=lambda s: expected(s, l1_weight=0.8))
+    assert iou_best >= 0.06 and l1_best <= 0.05, (iou_best, l1_best)
+
+
 def test_reference_iou_formulas():
     a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 1.0, 3.0]])
     b = torch.tensor([[1.0, 1.0, 3.0, 3.0]])

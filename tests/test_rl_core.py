@@ -221,3 +221,83 @@ def test_span_advantages_credit_the_box_with_alr_only():
     # a row without a box is unchanged
     r3, cut3 = split_box_reward(r, mask, torch.tensor([-1]), torch.tensor([1.0]))
     assert torch.equal(r3, r) and not cut3.any()
+
+
+# ------------------------------------------------------------------------------------------------ per-query baselines
+def _anchored(baseline, anchor=None, k=3):
+    from umedfast.train.ppo_step import anchored_values
+
+    g = torch.Generator().manual_seed(0)
+    B, L = 6, 5
+    mask = torch.ones(B, L)
+    mask[1, 3:] = 0
+    mask[4, 2:] = 0
+    r = torch.randn(B, L, generator=g) * 0.1 * mask
+    v = torch.randn(B, L, generator=g)
+    ret = gae_advantages(r, torch.zeros_like(v), mask, 1.0, 1.0)[0]  # G_t
+    adv = gae_advantages(r, anchored_values(v, r, mask, 1.0, k, baseline, anchor), mask, 1.0, 1.0)[0]
+    return r, v, mask, ret, adv
+
+
+def test_group_baseline_is_leave_one_out_at_the_first_token_and_critic_change_later():
+    _, v, mask, G, adv = _anchored("group")
+    g0 = G[:, 0].view(-1, 3)
+    loo = ((g0.sum(1, keepdim=True) - g0) / 2).flatten()
+    assert torch.allclose(adv[:, 0], G[:, 0] - loo, atol=1e-6)  # RLOO against the query's other candidates
+    expect = (G - loo[:, None] - (v - v[:, :1])) * mask  # later tokens: the critic's change since the start
+    assert torch.allclose(adv, expect, atol=1e-6)
+    # a constant shift of one query's returns (an "easy image") does not change that query's advantages
+    r2 = torch.zeros(6, 5)
+    r2[:3, -1] = 5.0  # a sequence reward 5 higher for every candidate of query 0
+    from umedfast.train.ppo_step import anchored_values
+    a_plain = gae_advantages(torch.zeros(6, 5), anchored_values(v, torch.zeros(6, 5), torch.ones(6, 5), 1.0, 3, "group"),
+                             torch.ones(6, 5), 1.0, 1.0)[0]
+    a_shift = gae_advantages(r2, anchored_values(v, r2, torch.ones(6, 5), 1.0, 3, "group"), torch.ones(6, 5),
+                             1.0, 1.0)[0]
+    assert torch.allclose(a_plain, a_shift, atol=1e-6)
+
+
+def test_greedy_baseline_is_the_anchor_reward():
+    anchor = torch.tensor([0.7, -0.2])
+    _, v, mask, G, adv = _anchored("greedy", anchor)
+    b = anchor.repeat_interleave(3)
+    assert torch.allclose(adv[:, 0], G[:, 0] - b, atol=1e-6)
+    assert torch.allclose(adv, (G - b[:, None] - (v - v[:, :1])) * mask, atol=1e-6)
+
+
+def test_baseline_config_is_checked():
+    assert load_config(None, ["ppo.baseline=greedy"]).ppo.baseline == "greedy"
+    with pytest.raises(ConfigError, match="ppo.baseline must be one of"):
+        load_config(None, ["ppo.baseline=mean"])
+    with pytest.raises(ConfigError, match="applies to advantage=gae"):
+        load_config(None, ["ppo.baseline=group", "ppo.advantage=grpo", "ppo.kl_estimator=k3"])
+
+
+def test_greedy_anchor_rollout_is_argmax_and_joins_the_reward_group(tiny):
+    """The anchor is the argmax answer (what evaluation decodes) and enters the ALR/VRR max of its query."""
+    from umedfast.rewards.judge import RubricJudge
+    from umedfast.train.aar import score_rollout
+    from umedfast.train.rollout import rollout_from_texts, sample_candidates
+
+    recs, bundle, _ = tiny
+    kw = dict(k=1, temperature=1.0, top_p=1.0, max_new_tokens=10)
+    g1 = sample_candidates(bundle, recs[:2], seed=1, step=0, greedy=True, **kw)
+    g2 = sample_candidates(bundle, recs[:2], seed=9, step=7, greedy=True, **kw)
+    assert torch.equal(g1.response_ids, g2.response_ids)  # no sampling key involved
+    with torch.no_grad():
+        from umedfast.model import collate_chat, model_inputs
+        batch = collate_chat(bundle, recs[:2], for_generation=True)
+        first = bundle.model(**model_inputs(batch)).logits[:, -1].argmax(-1)
+    assert torch.equal(g1.response_ids[:, 0], first)
+    # rewards: query 0's candidates are the reference answer and a no-box answer; its anchor a box twice as wide
+    r = next(x for x in recs if x.findings)
+    texts = [r.response, "Detection: nothing. Recognition: unclear."]
+    ro = rollout_from_texts(bundle, [r, r], texts)
+    ro.anchor = rollout_from_texts(bundle, [r], ["Detection: nothing. Recognition: unclear."])
+    cfg = PPOConfig(k=2, w_vrr=0.0, w_llm=0.0)
+    rw = score_rollout(bundle, ro, RubricJudge(), cfg)
+    assert rw.anchor_total.shape == (1,) and rw.anchor_total.item() == 0.0
+    assert rw.combined.total.tolist() == pytest.approx([1.0, 0.0], abs=1e-6)
+    ro.anchor = rollout_from_texts(bundle, [r], [r.response])  # an anchor as good as the best candidate
+    rw = score_rollout(bundle, ro, RubricJudge(), cfg)
+    assert rw.anchor_total.item() == pytest.approx(rw.combined.total[0].item())

@@ -22,6 +22,7 @@ from umedfast.errors import UserError
 
 PARALLEL_MODES = ("ddp", "fsdp2")   # TrainConfig.parallel (checked here and by umedfast.train.distributed)
 GROUP_NORMS = ("max", "none")       # PPOConfig.alr_norm / vrr_norm (umedfast.rewards.combine.group_normalize)
+GAE_BASELINES = ("critic", "group", "greedy")  # PPOConfig.baseline (umedfast.train.ppo_step.advantages)
 
 
 @dataclass
@@ -90,6 +91,10 @@ class PPOConfig:
     advantage: str = "gae"              # "gae" (critic), "grpo" or "rloo" (critic-free group baselines)
     gamma: float = 1.0                  # GAE discount over response tokens
     lam: float = 1.0                    # GAE lambda; 1 = return - V_t (no positional bias from a young critic)
+    baseline: str = "critic"            # GAE baseline of a candidate: "critic" = V(s_t); "group" = the leave-one-out
+                                        # mean return of its query's other K-1 candidates + the critic's change
+                                        # V(s_t) - V(s_0); "greedy" = the reward of a greedy answer to the same
+                                        # query (ReMax, one extra generation per query) + the same critic change
     whiten_advantages: bool = True      # normalize advantages over the batch's response tokens
     kl_coef: float = 0.05               # per-token KL penalty to the reference (SFT) policy
     kl_estimator: str = "k1"            # per-token KL in the GAE reward: "k1" (standard) or "k2"; k3 is refused
@@ -112,6 +117,8 @@ class PPOConfig:
     w_vrr: float = 1.0                  # weight of the normalized VRR; 0 = --no-vrr
     format_penalty: float = 0.0         # subtracted when a box was expected but none parses
     giou_weight: float = 0.0            # ALR shaping: (1-w) IoU + w (GIoU+1)/2, so misses still get a signal
+    box_l1_weight: float = 0.0          # ALR shaping: + v * max(0, 1 - mean|corner error| / target size) (and
+                                        # (1-w-v) IoU): rewards near misses without rewarding wider, "hedged" boxes
     vrr_layers: str = ""                # comma-separated LM layer indices for VRR ("" = all layers)
     alr_norm: str = "max"               # ALR over the K candidates: "max" (divide by the group max, paper) or "none"
     vrr_norm: str = "max"               # VRR over the K candidates: "max" (paper) or "none"
@@ -130,6 +137,8 @@ class JudgeConfig:
     concurrency: int = 8                # concurrent requests
     timeout_s: float = 30.0             # per-request timeout
     retries: int = 2                    # retries per request
+    json_mode: bool = False             # ask for response_format={"type": "json_object"} (llama.cpp, vLLM: the
+                                        # server constrains the reply to JSON, e.g. {"score": 7})
     neutral: float = 0.5                # score used when the judge fails
 
 
@@ -273,6 +282,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.ppo.alr_norm in GROUP_NORMS and cfg.ppo.vrr_norm in GROUP_NORMS,
          f"ppo.alr_norm and ppo.vrr_norm must be one of {GROUP_NORMS}"),
         (cfg.ppo.kl_estimator in ("k1", "k2", "k3"), "ppo.kl_estimator must be k1, k2 or k3"),
+        (p.baseline in GAE_BASELINES, f"ppo.baseline must be one of {GAE_BASELINES}, got {p.baseline!r}"),
+        (p.baseline == "critic" or p.advantage == "gae",
+         f"ppo.baseline={p.baseline} applies to advantage=gae (grpo/rloo already use a group baseline)"),
+        (p.baseline != "group" or p.k >= 2, "ppo.baseline=group needs ppo.k >= 2 candidates per query"),
         (not (cfg.ppo.advantage == "gae" and cfg.ppo.kl_estimator == "k3"),  # issue 13: k3 as a reward has the
          "ppo.kl_estimator=k3 with advantage=gae is refused: use k1 (k3 belongs in the loss, grpo/rloo)"),  # wrong grad
         (cfg.ppo.k >= 1, "ppo.k must be >= 1"),
@@ -280,6 +293,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.judge.kind in ("rubric", "openai"), "judge.kind must be rubric or openai"),
         (cfg.sft.batch_size >= 1 and cfg.sft.grad_accum >= 1, "sft.batch_size and sft.grad_accum must be >= 1"),
         (0.0 <= cfg.ppo.giou_weight <= 1.0, "ppo.giou_weight must be in [0, 1]"),
+        (0.0 <= p.box_l1_weight and p.giou_weight + p.box_l1_weight <= 1.0,
+         "ppo.box_l1_weight must be >= 0 and ppo.giou_weight + ppo.box_l1_weight <= 1"),
         (cfg.data.generalization in ("", "category", "source", "modality"),
          "data.generalization must be '', category, source or modality"),
         # values that would otherwise fail (or silently train nothing) only after the model has loaded

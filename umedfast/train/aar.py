@@ -24,6 +24,7 @@ class RolloutRewards:
     vrr: torch.Tensor
     class_written: torch.Tensor
     combined: CombinedReward
+    anchor_total: torch.Tensor | None = None  # Float[Q]: the greedy anchor's combined reward (ppo.baseline=greedy)
 
 
 def _targets(rec):
@@ -100,8 +101,21 @@ def credit_normal_answers(texts: list[str], normal: list[bool], vrr: torch.Tenso
     return vrr, written
 
 
-def score_rollout(bundle, ro: Rollout, judge, cfg: PPOConfig, *, box_format: str = "norm1000") -> RolloutRewards:
-    """All AAR rewards of a rollout. A reward whose weight is 0 is not computed (ablations cost nothing)."""
+@dataclass
+class RawRewards:
+    """Un-normalized reward parts of a rollout's B rows: Float[B] ``r_llm``, ``alr``, ``iou``, ``vrr``; Bool[B]
+    ``format_ok``, ``class_written`` (VRR counts only where the response writes a ground-truth class)."""
+
+    r_llm: torch.Tensor
+    alr: torch.Tensor
+    iou: torch.Tensor
+    format_ok: torch.Tensor
+    vrr: torch.Tensor
+    class_written: torch.Tensor
+
+
+def raw_rewards(bundle, ro: Rollout, judge, cfg: PPOConfig, box_format: str) -> RawRewards:
+    """Every reward part of every row before the group normalization. A part whose weight is 0 is not computed."""
     from umedfast.data import CLASS_SYNONYMS, synonyms
 
     tg = [_targets(r) for r in ro.records]
@@ -111,7 +125,7 @@ def score_rollout(bundle, ro: Rollout, judge, cfg: PPOConfig, *, box_format: str
     alr, iou, fmt = torch.zeros(B), torch.zeros(B), torch.ones(B, dtype=torch.bool)
     for i, (text, bx) in enumerate(zip(ro.texts, boxes)):
         res = alr_from_text(text, bx, box_format, image_size=getattr(ro.records[i], "image_size", None),
-                            giou_weight=cfg.giou_weight)
+                            giou_weight=cfg.giou_weight, l1_weight=cfg.box_l1_weight)
         alr[i], iou[i], fmt[i] = res.reward, res.iou, res.format_ok
     if cfg.w_llm:
         items = [JudgeItem(query=r.query, response=t, reference=r.response, labels=tuple(lab),
@@ -128,7 +142,39 @@ def score_rollout(bundle, ro: Rollout, judge, cfg: PPOConfig, *, box_format: str
             vrr, written = credit_normal_answers(ro.texts, [not t for t in tg], vrr, written, box_format)
     else:
         vrr, written = torch.zeros(B), torch.zeros(B, dtype=torch.bool)
-    comb = combine_rewards(r_llm, alr, vrr, cfg.k, class_written=written, format_ok=fmt, w_llm=cfg.w_llm,
-                           w_alr=cfg.w_alr, w_vrr=cfg.w_vrr, format_penalty=cfg.format_penalty,
-                           alr_norm=cfg.alr_norm, vrr_norm=cfg.vrr_norm)
-    return RolloutRewards(r_llm, alr, iou, fmt, vrr, written, comb)
+    return RawRewards(r_llm, alr, iou, fmt, vrr, written)
+
+
+def _combine(raw: RawRewards, k: int, cfg: PPOConfig) -> CombinedReward:
+    return combine_rewards(raw.r_llm, raw.alr, raw.vrr, k, class_written=raw.class_written,
+                           format_ok=raw.format_ok, w_llm=cfg.w_llm, w_alr=cfg.w_alr, w_vrr=cfg.w_vrr,
+                           format_penalty=cfg.format_penalty, alr_norm=cfg.alr_norm, vrr_norm=cfg.vrr_norm)
+
+
+def with_anchor(raw: RawRewards, anchor: RawRewards, k: int) -> RawRewards:
+    """Interleave one anchor row per query after its K candidates: B = Q*K rows + Q rows -> Q*(K+1) rows."""
+    def join(a, b):
+        return torch.cat([a.view(-1, k, *a.shape[1:]), b.view(-1, 1, *b.shape[1:])], dim=1).flatten(0, 1)
+
+    return RawRewards(*(join(getattr(raw, f), getattr(anchor, f)) for f in RawRewards.__dataclass_fields__))
+
+
+def score_rollout(bundle, ro: Rollout, judge, cfg: PPOConfig, *, box_format: str = "norm1000") -> RolloutRewards:
+    """All AAR rewards of a rollout. A reward whose weight is 0 is not computed (ablations cost nothing).
+
+    With a greedy anchor (``ro.anchor``, ``ppo.baseline=greedy``) the anchor joins its query's group for the ALR /
+    VRR max-normalization (K+1 rows) and its combined reward comes back as ``anchor_total`` Float[Q]."""
+    raw = raw_rewards(bundle, ro, judge, cfg, box_format)
+    anchor_total = None
+    if ro.anchor is not None:
+        both = _combine(with_anchor(raw, raw_rewards(bundle, ro.anchor, judge, cfg, box_format), cfg.k),
+                        cfg.k + 1, cfg)
+        rows = torch.arange(len(ro.texts) + len(ro.anchor.texts)).view(-1, cfg.k + 1)
+        cand, anc = rows[:, :cfg.k].flatten(), rows[:, cfg.k]
+        comb = CombinedReward(*(getattr(both, f)[cand] for f in ("total", "llm", "alr", "vrr", "format")),
+                              both.nonfinite)
+        anchor_total = both.total[anc]
+    else:
+        comb = _combine(raw, cfg.k, cfg)
+    return RolloutRewards(raw.r_llm, raw.alr, raw.iou, raw.format_ok, raw.vrr, raw.class_written, comb,
+                          anchor_total)

@@ -95,7 +95,7 @@ def build_state(cfg: TrainConfig, d: Dist, device: str) -> PPOState:
     judge = make_judge(cfg.judge.kind, **({} if cfg.judge.kind == "rubric" else dict(
         base_url=cfg.judge.base_url, model=cfg.judge.model, api_key_env=cfg.judge.api_key_env,
         concurrency=cfg.judge.concurrency, timeout_s=cfg.judge.timeout_s, retries=cfg.judge.retries,
-        neutral=cfg.judge.neutral)))
+        neutral=cfg.judge.neutral, json_mode=cfg.judge.json_mode)))
     return PPOState(p, bundle, ref, vh, train_module, scorer, opt, pol, judge, pwv, d, device, cfg.seed,
                     cfg.data.box_format, fsdp)
 
@@ -105,9 +105,14 @@ def rollout(st: PPOState, queries: list, step: int, prompts: dict | None = None)
     """K sampled candidates per query; sampling is keyed by (seed, step, query id, candidate), world-size free.
     ``prompts``: the queries already collated for generation (the input pipeline's batch), else collated here."""
     p = st.cfg
-    return sample_candidates(st.bundle, queries, k=p.k, temperature=p.temperature, top_p=p.top_p,
-                             max_new_tokens=p.max_new_tokens, seed=st.seed, step=step, synced_gpus=st.synced_gpus,
-                             prompts=prompts)
+    ro = sample_candidates(st.bundle, queries, k=p.k, temperature=p.temperature, top_p=p.top_p,
+                           max_new_tokens=p.max_new_tokens, seed=st.seed, step=step, synced_gpus=st.synced_gpus,
+                           prompts=prompts)
+    if p.baseline == "greedy":  # ReMax anchor: what the policy answers at evaluation (argmax), one per query
+        ro.anchor = sample_candidates(st.bundle, queries, k=1, temperature=1.0, top_p=1.0,
+                                      max_new_tokens=p.max_new_tokens, synced_gpus=st.synced_gpus, greedy=True,
+                                      prompts=prompts)
+    return ro
 
 
 # --------------------------------------------------------------------------------------------------- 2. score
@@ -159,14 +164,15 @@ def score(st: PPOState, ro: Rollout) -> Scored:
 
 
 # --------------------------------------------------------------------------------------------------- 3. advantages
-def global_whiten(x: torch.Tensor, mask: torch.Tensor, d: Dist, eps: float = 1e-8) -> torch.Tensor:
-    """Whiten ``x`` [B, L] over the response tokens of ALL ranks (same statistics as one process would use)."""
+def global_whiten(x: torch.Tensor, mask: torch.Tensor, d: Dist, eps: float = 1e-8, shift: bool = True) -> torch.Tensor:
+    """Whiten ``x`` [B, L] over the response tokens of ALL ranks (same statistics as one process would use).
+    ``shift=False`` only scales (keeps the sign an explicit baseline gave each token)."""
     m = mask.float()
     stats = all_reduce_sum(torch.stack([(x * m).sum(), (x * x * m).sum(), m.sum()]).double(), d)
     n = stats[2].clamp_min(1.0)
     mean = stats[0] / n
     var = (stats[1] / n - mean ** 2).clamp_min(0.0) * n / (n - 1).clamp_min(1.0)
-    return ((x - mean.float()) * torch.rsqrt(var.float() + eps)) * m
+    return ((x - mean.float() if shift else x) * torch.rsqrt(var.float() + eps)) * m
 
 
 def uniform_groups(seq_reward: torch.Tensor, k: int, tol: float = 1e-6) -> torch.Tensor:
@@ -222,6 +228,28 @@ def split_box_reward(rewards: torch.Tensor, mask: torch.Tensor, box_end: torch.T
     return r, cut
 
 
+def anchored_values(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float, k: int,
+                    baseline: str, anchor_reward: torch.Tensor | None = None) -> torch.Tensor:
+    """Float[B, L]: the critic's values re-anchored on a per-query baseline ``b_q``: ``b_q + V(s_t) - V(s_0)``.
+
+    With lam = 1, GAE over these values gives ``A_t = G_t - b_q - (V(s_t) - V(s_0))``: at the first token the
+    advantage is the candidate's return against its own query's baseline (an image-specific baseline that a
+    linear critic on shared features cannot supply: it averages normal and abnormal images at the decision
+    token), and later tokens are still credited by the critic's change. ``baseline``: "group" = leave-one-out
+    mean of the other K-1 candidates' returns ``G_0`` (RLOO); "greedy" = ``anchor_reward`` Float[Q], the reward of
+    the query's greedy answer (ReMax). ``rewards`` Float[B, L] are the per-token rewards (KL + sequence reward).
+    """
+    g0 = gae_advantages(rewards, torch.zeros_like(values), mask, gamma, 1.0)[0][:, 0]  # return from the start
+    groups = g0.view(-1, k)
+    if baseline == "group":
+        b = ((groups.sum(1, keepdim=True) - groups) / max(1, k - 1)).flatten()
+    elif baseline == "greedy":
+        b = anchor_reward.to(values).repeat_interleave(k)
+    else:
+        raise ValueError(f"unknown baseline {baseline!r}")
+    return (b[:, None] + values - values[:, :1]) * mask.to(values.dtype)
+
+
 def advantages(st: PPOState, ro: Rollout, sc: Scored) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(advantages Float[B, L], returns Float[B, L] or None for the critic-free estimators).
 
@@ -236,8 +264,14 @@ def advantages(st: PPOState, ro: Rollout, sc: Scored) -> tuple[torch.Tensor, tor
         if p.span_advantages:  # the box span is credited with ALR only, the tokens after it with the rest
             r, cut = split_box_reward(r, mask, box_end_positions(st.bundle, ro), sc.rewards.combined.alr.to(r.device))
         adv, ret = gae_advantages(r, sc.old_v, mask, p.gamma, p.lam, cut=cut)
+        if p.baseline != "critic":  # the policy's advantages against a per-query baseline; the critic keeps
+            anchor = None if ro.anchor is None else sequence_reward(p, sc.rewards.anchor_total, ro.anchor.truncated)
+            v = anchored_values(sc.old_v, r, mask, p.gamma, p.k, p.baseline, anchor)  # (the critic keeps its returns)
+            adv = gae_advantages(r, v, mask, p.gamma, p.lam, cut=cut)[0]
         if p.whiten_advantages:
-            adv = global_whiten(adv, update_mask(p, ro, sc, st.device), st.d)
+            # a per-query baseline (group, greedy) already centres each query; re-centring on the batch mean would
+            # move the greedy anchor's zero (an answer as good as greedy would again be pushed up)
+            adv = global_whiten(adv, update_mask(p, ro, sc, st.device), st.d, shift=p.baseline == "critic")
         return adv, ret
     return group_advantages(sc.seq_reward, mask, p.k, p.advantage), None
 
@@ -343,6 +377,8 @@ def step_stats(st: PPOState, ro: Rollout, sc: Scored, losses: dict) -> dict:
            "class_written": mean(g(rw.class_written)), "truncated": mean(g(ro.truncated)),
            "kl": float(tok[0]) / max(1.0, float(tok[1])), "resp_len": mean(g(mask.sum(1).cpu())), **losses,
            "sample": ro.texts[0]}  # one response per step, to read what the policy is learning
+    if rw.anchor_total is not None:  # the greedy answer is what evaluation measures
+        row["greedy_reward"] = mean(g(rw.anchor_total))
     if st.cfg.k > 1:
         row["uniform_groups"] = mean(g(uniform_groups(sc.seq_reward.cpu(), st.cfg.k)))
     return row

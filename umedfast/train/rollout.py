@@ -30,6 +30,7 @@ class Rollout:
     response_mask: torch.Tensor
     prompt_width: int
     truncated: torch.Tensor | None = None
+    anchor: "Rollout | None" = None  # ppo.baseline=greedy: one greedy response per query (scored, never trained)
 
     def __post_init__(self):
         if self.truncated is None:
@@ -80,8 +81,9 @@ class _only_generation_config:
 @torch.no_grad()
 def sample_candidates(bundle, records: list, *, k: int, temperature: float, top_p: float,
                       max_new_tokens: int, seed: int = 0, step: int = 0, synced_gpus: bool = False,
-                      prompts: dict | None = None) -> Rollout:
+                      greedy: bool = False, prompts: dict | None = None) -> Rollout:
     """Generate ``k`` sampled responses per record with the KV cache; returns the :class:`Rollout`.
+    ``greedy``: argmax decoding instead (the ReMax anchor of ``ppo.baseline=greedy``; use ``k=1``).
 
     Candidate ``j`` of a record is a pure function of (``seed``, ``step``, record id, ``j``) and the model
     (:mod:`umedfast.train.sampling`), so any split of the queries across ranks samples the same tokens.
@@ -109,7 +111,8 @@ def sample_candidates(bundle, records: list, *, k: int, temperature: float, top_
         gc = clean_generation_config(tok, max_new_tokens, [bundle.image_token_id])
         with _only_generation_config(model, gc):
             seq = model.generate(**model_inputs(gen), generation_config=gc,
-                                 logits_processor=LogitsProcessorList([sampler]), synced_gpus=synced_gpus)
+                                 logits_processor=LogitsProcessorList([] if greedy else [sampler]),
+                                 synced_gpus=synced_gpus)
     finally:
         model.train(was)
     return _assemble(bundle, reps, gen, seq[:, gen["input_ids"].shape[1]:], max_new_tokens)
