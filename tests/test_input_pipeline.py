@@ -315,6 +315,28 @@ def test_evaluation_with_workers_equals_in_process_and_caches_batches(records, b
     clear_eval_cache()
 
 
+def test_evaluation_cache_misses_when_the_image_file_or_query_changes(records, bundle, tmp_path):
+    import copy
+    import shutil as sh
+
+    from umedfast.data import loader
+
+    recs = copy.deepcopy(records[:2])
+    for r in recs:
+        r.image = sh.copy(r.image, tmp_path / Path(r.image).name)
+    fp = loader._fingerprint(bundle)
+    key = loader._chunk_key(fp, recs)
+    assert key is not None and loader._chunk_key(fp, copy.deepcopy(recs)) == key
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(recs[0].image)  # the file is replaced by another image
+    os.utime(recs[0].image, ns=(1, 1))
+    assert loader._chunk_key(fp, recs) != key
+    changed = copy.deepcopy(recs)
+    changed[1].query = "Where is the lesion?"
+    assert loader._chunk_key(fp, changed) != loader._chunk_key(fp, recs)
+    assert loader._chunk_key(fp, [{"image": Image.new("RGB", (8, 8)), "query": "q", "id": "x"}]) is None
+    assert loader._chunk_key(fp + "x", recs) != loader._chunk_key(fp, recs)
+
+
 def test_ppo_rollout_from_the_pipeline_batch_equals_collating_in_place(records, bundle):
     from umedfast.train.rollout import sample_candidates
 

@@ -27,9 +27,9 @@ never touch CUDA or the model), persistent, 1 torch thread each, ignore SIGINT (
 business: it stops at a step boundary), and exit when the main process dies (``kill -9``). ``pin_memory`` on CUDA.
 
 **Evaluation cache.** The held-out set is evaluated repeatedly with the same batches (every SFT epoch, then after
-PPO in ``--stage all``); the first pass keeps each collated CPU batch (up to ``EVAL_CACHE_MB``) keyed by the record
-ids and a fingerprint of the processor, and later passes reuse them: each held-out image is decoded and
-preprocessed once per process.
+PPO in ``--stage all``); the first pass keeps each collated CPU batch (up to ``EVAL_CACHE_MB``) keyed by a
+fingerprint of the processor and each record's id, image file (path, mtime, size), query and meta; later passes
+reuse them: each held-out image is decoded and preprocessed once per process.
 """
 from __future__ import annotations
 
@@ -291,17 +291,35 @@ def _fingerprint(bundle) -> str:
     return h.hexdigest()
 
 
+def _chunk_key(fp: str, recs: Sequence[Any]) -> tuple | None:
+    """Cache key of a chunk: processor fingerprint + (id, image path, file mtime and size, query, meta) of each
+    record; None (not cached) when an image is not a file path (in-memory benchmark pixels) or cannot be stat'ed."""
+    out = []
+    for r in recs:
+        img = _field(r, "image")
+        if not isinstance(img, (str, os.PathLike)):
+            return None
+        try:
+            st = os.stat(img)
+        except OSError:
+            return None
+        out.append((str(_field(r, "id")), str(img), st.st_mtime_ns, st.st_size, str(_field(r, "query")),
+                    repr(sorted((_field(r, "meta") or {}).items()))))
+    return fp, tuple(out)
+
+
 def eval_batches(bundle, records: Sequence[Any], batch_size: int, *, workers: int = 0,
                  prepare: Callable | None = None, cache: bool = True):
     """Yield ``(start, Fed)`` for consecutive chunks ``records[start:start + batch_size]`` (generation batches,
-    left-padded, on the model's device). Batches seen before in this process (same record ids, same processor) come
-    from the cache; the others from a :class:`Feed` with ``workers`` processes. ``Fed.indices`` are positions in
+    left-padded, on the model's device). Batches seen before in this process (same processor, same image files
+    unchanged, same ids, queries and meta) come from the cache; the others from a :class:`Feed` with ``workers``
+    processes. ``Fed.indices`` are positions in
     ``records``; ``Fed.bad`` the records of the chunk whose image could not be read (counted by the caller)."""
     n = len(records)
     chunks = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
     fp = _fingerprint(bundle) if cache else ""
-    keys = [(fp, tuple(str(_field(records[i], "id")) for i in c)) if cache else None for c in chunks]
-    todo = [c for c, k in zip(chunks, keys) if k not in _EVAL_CACHE]
+    keys = [_chunk_key(fp, [records[i] for i in c]) if cache else None for c in chunks]
+    todo = [c for c, k in zip(chunks, keys) if k is None or k not in _EVAL_CACHE]
     feed = None
     if todo:
         feed = Feed(records, todo, collate_spec(bundle), for_generation=True, workers=min(workers, len(todo)),
@@ -310,14 +328,14 @@ def eval_batches(bundle, records: Sequence[Any], batch_size: int, *, workers: in
 
     try:
         for c, k in zip(chunks, keys):
-            if k in _EVAL_CACHE:
+            if k is not None and k in _EVAL_CACHE:
                 hit = _EVAL_CACHE[k]
                 yield c[0], Fed(to_model(hit["batch"], bundle.model) if hit["batch"] is not None else None,
                                 list(hit["indices"]), list(hit["bad"]))
                 continue
             fed = feed.next(c)
             cpu = fed.batch
-            if cache and (cpu is None or _EVAL_CACHE_BYTES[0] + _nbytes(cpu) <= EVAL_CACHE_MB * 2**20):
+            if k is not None and (cpu is None or _EVAL_CACHE_BYTES[0] + _nbytes(cpu) <= EVAL_CACHE_MB * 2**20):
                 _EVAL_CACHE[k] = {"batch": cpu, "indices": fed.indices, "bad": fed.bad}
                 _EVAL_CACHE_BYTES[0] += _nbytes(cpu) if cpu is not None else 0
             yield c[0], Fed(to_model(cpu, bundle.model) if cpu is not None else None, fed.indices, fed.bad)
