@@ -53,6 +53,9 @@ class DataConfig:
     max_train: int = 0                  # cap on training records (0 = all)
     max_eval: int = 0                   # cap on held-out records evaluated (0 = all)
     eval_split: str = "test"            # held-out split written to eval.json
+    workers: str = "auto"               # image decode + preprocessing processes (umedfast/data/loader.py): 0 = in
+                                        # the training process; N; "auto" = usable cores (per rank) minus the main
+                                        # process's (CPU: its torch threads, CUDA: 1), at most 4 (README, sizing)
 
 
 @dataclass
@@ -252,6 +255,20 @@ def threads_value(threads: str) -> int | str:
     return n
 
 
+def workers_value(workers) -> int | str:
+    """``data.workers``: ``"auto"`` or an integer >= 0; raises ConfigError otherwise."""
+    t = str(workers).strip().lower()
+    if t == "auto":
+        return "auto"
+    try:
+        n = int(t)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ConfigError(f"data.workers must be auto or an integer >= 0 (0 = no worker process), got {workers!r}")
+    return n
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check enumerations and ranges before anything is loaded; raises ConfigError naming the offending key."""
     from umedfast.boxes import FORMATS
@@ -324,6 +341,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"ppo.k=1 with ppo.{name}_norm=max turns every {name.upper()} into 1 (each candidate is "
                               f"its own group maximum): use ppo.k >= 2, or ppo.{name}_norm=none")
     threads_value(cfg.threads)
+    workers_value(cfg.data.workers)
     return cfg
 
 

@@ -7,6 +7,7 @@ layout) for stage 2.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -14,11 +15,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from umedfast.config import TrainConfig
+from umedfast.data.loader import train_feed
 from umedfast.errors import UserError
 from umedfast.train.checkpoint import EpochOrder, latest_checkpoint, load_training_state, save_training_state
 from umedfast.train.common import (autocast, load_policy, load_records, resolve_device, seed_everything,
                                    trainable, warmup_cosine)
-from umedfast.train.distributed import Dist, all_reduce_sum, barrier, no_sync, use_fsdp, wrap_ddp
+from umedfast.train.distributed import Dist, all_reduce_sum, barrier, no_sync, shard, use_fsdp, wrap_ddp
 from umedfast.train.fsdp import (checkpoint_views, gathered_for_save, is_sharded, local_fraction, scalar,
                                  shard_model)
 from umedfast.train.interrupt import Interrupted, stop_agreed
@@ -55,12 +57,15 @@ def evaluate(cfg: TrainConfig, bundle, held: list, out_path: Path, d: Dist, max_
         import shutil
         import tempfile
 
+        from umedfast.data.loader import resolve_workers
         from umedfast.eval.mau import evaluate_and_write
 
         scratch = None if d.is_main else Path(tempfile.mkdtemp(prefix=f"umedfast_eval_rank{d.rank}_"))
         metrics = evaluate_and_write(bundle, held, scratch / out_path.name if scratch else out_path,
                                      batch_size=cfg.eval_batch_size, max_new_tokens=max_new_tokens,
-                                     box_format=cfg.data.box_format, progress=cfg.progress and d.is_main)
+                                     box_format=cfg.data.box_format, progress=cfg.progress and d.is_main,
+                                     workers=resolve_workers(cfg.data.workers,
+                                                             device=str(next(bundle.model.parameters()).device)))
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
             metrics = None
@@ -70,7 +75,7 @@ def evaluate(cfg: TrainConfig, bundle, held: list, out_path: Path, d: Dist, max_
 
 def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict:
     """Train stage 1 and return ``{"steps", "eval", "summary"}``."""
-    from umedfast.model import collate_chat, model_inputs, save_checkpoint
+    from umedfast.model import model_inputs, save_checkpoint
 
     s = cfg.sft
     run_dir = Path(cfg.output_dir) / "sft"
@@ -106,13 +111,15 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
     guard = NonFiniteGuard()
     bar = tqdm(total=total, initial=step, desc="sft", unit="step", disable=not (cfg.progress and d.is_main))
     dtype = next(model.parameters()).dtype
+    # images decoded + preprocessed by data.workers processes, in the order of `order` (umedfast/data/loader.py)
+    feed = train_feed(cfg, d, bundle, train, order, micro, (total - step) * s.grad_accum, what="sft")
     while step < total:
-        batches, ids, epoch = [], [], order.epoch
+        batches, ids, epoch, t_step = [], [], order.epoch, time.perf_counter()
         for _ in range(s.grad_accum):
             epoch, idx = order.next_batch(micro)
-            recs = [train[i] for i in idx]
-            ids += [r.id for r in recs]
-            batches.append(collate_chat(bundle, recs[d.rank::d.world]))
+            ids += [train[i].id for i in idx]
+            batches.append(feed.next_usable(shard(idx, d)).batch)
+        data_wait = feed.pop_wait()
         # normalize by the global number of response tokens of this optimizer step (DDP then averages ranks)
         n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
         n_global = float(all_reduce_sum(torch.tensor(float(n_local)), d))
@@ -134,7 +141,8 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
         step += 1
         if step % cfg.log_every == 0 or step == total:
             log.log(step, {"loss": mean_loss, "lr": sched.get_last_lr()[0], "epoch": epoch, "tokens": n_global,
-                           "ids": ids})
+                           "ids": ids, "data_wait_s": data_wait, "step_s": time.perf_counter() - t_step,
+                           "bad_images": feed.bad_images})
         bar.update(1)
         bar.set_postfix(loss=f"{mean_loss:.3f}", ep=epoch)
         end_of_epoch = step % per_epoch == 0 or step == total
@@ -153,15 +161,18 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False) -> dict
             saved = save_training_state(run_dir, step, model=m_, optimizer=o_, scheduler=sched, order=order, d=d,
                                         extra={"eval": last_eval})
         if stop and step < total:
+            feed.close()
             bar.close()
             log.close()
             raise Interrupted("sft", step, saved)
     bar.close()
+    feed.close()
     with gathered_for_save([model, bundle.base_model], d):
         if d.is_main:
             save_checkpoint(run_dir / "final", bundle)
     barrier(d)
     summary = log.summary({"steps": step, "nonfinite": guard.counts, "eval": last_eval, "parallel": cfg.parallel,
+                           "bad_images": feed.bad_images,
                            "param_fraction_per_rank": local_fraction(model)})
     log.close()
     return {"steps": step, "eval": last_eval, "summary": summary, "bundle": bundle}
