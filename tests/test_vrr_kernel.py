@@ -353,6 +353,9 @@ def every_config_variants():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("UMEDFAST_AOT_SWEEP") != "1",
+                    reason="opt-in (UMEDFAST_AOT_SWEEP=1): 124 sm_90 compiles took 9 min 33 s with a cold Triton "
+                           "cache on 2 cores, past the suite's 15-minute budget; the 3-case AOT test runs always")
 def test_every_autotune_config_compiles_for_sm90_without_spills():
     """Issue 14: every autotune config that survives pruning, for bf16 and fp16 (pointer loads and TMA) at head dims
     64/96/128/256, fp32 IEEE at 64/128/256 and fp32 tf32 at 64/128, compiled for sm_90: no spills anywhere, shared
