@@ -3,8 +3,10 @@
 Run: ``pytest bench/bench_vrr.py --benchmark-only -s`` (add ``-k cuda`` / ``-k cpu``). Providers run side by side
 for each shape:
 
-- ``umedfast_vrr``: ``kernels.vrr_attention`` -> (out, mass). On CPU it runs only under ``TRITON_INTERPRET=1``, at
-  the smallest shape, and that timing measures the Python interpreter, not the kernel (reported for completeness).
+- ``umedfast_vrr``: ``kernels.vrr_attention`` -> (out, mass), the default variant (pointer loads; set
+  UMEDFAST_VRR_VARIANT to time another, or see ``bench/bench_vrr_variants.py`` for all variants and configs side by
+  side). On CPU it runs only under ``TRITON_INTERPRET=1``, at the smallest shape, and that timing measures the
+  Python interpreter, not the kernel (reported for completeness).
 - ``sdpa``: ``F.scaled_dot_product_attention`` with the backend torch picks; ``sdpa_cudnn`` / ``sdpa_flash`` pin the
   cuDNN / flash backends (CUDA only) so the fastest SDPA backend is on the table; no mass.
 - ``eager_mass``: what HF ``eager`` + ``output_attentions`` costs: materialized scores, fp32 softmax, P @ V, then the

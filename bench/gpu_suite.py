@@ -9,7 +9,10 @@ Steps, each a subprocess with its own time limit (a failing or timed-out step is
   2. tests   ``pytest -m cuda tests/`` with TRITON_INTERPRET=0 (compiled kernels, CUDA box ops), UMEDFAST_AUTOTUNE=0
              (first fitting VRR config, no tuning per shape; the AOT tests compile every config)
   3. bench   ``bench/bench_vrr.py -k cuda`` (VRR vs SDPA cuDNN / flash / default, eager + mass, the four shapes,
-             peak memory, do_bench medians), ``bench/bench_iou.py -k cuda`` (paired 2^24, pairwise 4096^2),
+             peak memory, do_bench medians), ``bench/bench_vrr_variants.py`` (the VRR kernel at B4 H32 N2048 D128
+             causal bf16 with each variant (pointer loads / TMA descriptors / warp specialization where supported)
+             and each surviving autotune config forced, next to SDPA cuDNN and flash: what each buys, one run),
+             ``bench/bench_iou.py -k cuda`` (paired 2^24, pairwise 4096^2),
              ``bench/bench_logprob.py`` (V = 151936, fused vs unfused, fwd and fwd+bwd, peak memory)
   4. ppo     one PPO step (``umedfast.train.ppo_step.ppo_step`` on a state from ``build_state``, the functions
              ``run_ppo`` calls) on a random-init Qwen2-VL-shaped model (~0.5B parameters: 24 layers, width 1536) in bf16
@@ -33,11 +36,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCHES = [  # (name, pytest target, -k filter)
     ("vrr", "bench/bench_vrr.py", "cuda"),
+    ("vrr_variants", "bench/bench_vrr_variants.py", None),
     ("iou", "bench/bench_iou.py", "cuda"),
     ("logprob", "bench/bench_logprob.py", None),
 ]
-# per-step limits (s); the expected total on one H100/H200 with 16 cores is ~5-7 min, the worst case 15 min
-LIMITS_S = {"build": 180, "tests": 180, "vrr": 180, "iou": 60, "logprob": 120, "ppo": 180}
+# per-step limits (s); the expected total on one H100/H200 with 16 cores is ~6-8 min (vrr_variants ~1 min: the
+# pointer-load configs come from triton's disk cache after the vrr step, 7 TMA configs compile), the worst case 18 min
+LIMITS_S = {"build": 180, "tests": 240, "vrr": 180, "vrr_variants": 150, "iou": 60, "logprob": 120, "ppo": 180}
 # ~0.5B parameters with the tiny tokenizer's small vocabulary: 24 layers x (attention 7.1M + MLP 14.2M) at 1536 wide
 PPO_OVERRIDES = ["model.name=tiny-qwen2-vl", "model.tiny_text_hidden=1536", "model.tiny_text_layers=24",
                  "model.dtype=bfloat16", "seed=0", "progress=false",
@@ -289,7 +294,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "gpu_results"), help="folder for the table, JSON and log")
     ap.add_argument("--dry-run", action="store_true", help="no build, no timing: print the plan, collect every selection")
     ap.add_argument("--skip-build", action="store_true", help="use the umedfast already installed")
-    ap.add_argument("--only", default="", help="comma-separated steps to run (build,tests,vrr,iou,logprob,ppo)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated steps to run (build,tests,vrr,vrr_variants,iou,logprob,ppo)")
     ap.add_argument("--tests", nargs="+", default=["tests/"], help="paths for the `pytest -m cuda` step")
     args = ap.parse_args(argv)
     out = Path(args.out)

@@ -70,6 +70,9 @@ class DataConfig:
     max_train: int = 0                  # cap on training records (0 = all)
     max_eval: int = 0                   # cap on held-out records evaluated (0 = all)
     eval_split: Split = "test"          # held-out split written to eval.json
+    workers: str = "auto"               # image decode + preprocessing processes (umedfast/data/loader.py): 0 = in
+                                        # the training process; N; "auto" = usable cores (per rank) minus the main
+                                        # process's (CPU: its torch threads, CUDA: 1), at most 4 (README, sizing)
 
 
 @dataclass
@@ -290,9 +293,9 @@ def apply_override(cfg: TrainConfig, item: str) -> None:
             setattr(obj, p, _coerce(value, types_[p], key))
 
 
-def threads_value(threads: str) -> int | str:
-    """``"auto"`` or a non-negative integer (0 = torch default); raises ConfigError otherwise."""
-    t = str(threads).strip().lower()
+def _auto_or_count(value, key: str, zero: str) -> int | str:
+    """``"auto"`` or an integer >= 0 for ``key`` (``zero``: what 0 means); raises ConfigError otherwise."""
+    t = str(value).strip().lower()
     if t == "auto":
         return "auto"
     try:
@@ -300,8 +303,18 @@ def threads_value(threads: str) -> int | str:
     except ValueError:
         n = -1
     if n < 0:
-        raise ConfigError(f"threads must be auto or an integer >= 0 (0 = all cores), got {threads!r}")
+        raise ConfigError(f"{key} must be auto or an integer >= 0 ({zero}), got {value!r}")
     return n
+
+
+def threads_value(threads: str) -> int | str:
+    """``"auto"`` or a non-negative integer (0 = torch default); raises ConfigError otherwise."""
+    return _auto_or_count(threads, "threads", "0 = all cores")
+
+
+def workers_value(workers) -> int | str:
+    """``data.workers``: ``"auto"`` or an integer >= 0; raises ConfigError otherwise."""
+    return _auto_or_count(workers, "data.workers", "0 = no worker process")
 
 
 def _check_literals(obj, where: str = "") -> None:
@@ -369,6 +382,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"ppo.k=1 with rewards.{name}_norm=max turns every {name.upper()} into 1 (each candidate "
                               f"is its own group maximum): use ppo.k >= 2, or rewards.{name}_norm=none")
     threads_value(cfg.threads)
+    workers_value(cfg.data.workers)
     return cfg
 
 

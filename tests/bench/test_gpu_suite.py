@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +22,7 @@ def _suite():
 
 @pytest.mark.slow
 def test_dry_run_collects_every_selection_and_writes_the_table(tmp_path):
-    """Five subprocesses that each import torch/transformers and collect a pytest selection: ~1-3 min on 2 busy cores
+    """Six subprocesses that each import torch/transformers and collect a pytest selection: ~1-3 min on 2 busy cores
     (hence `slow`). The CUDA-test step collects the two CUDA test files here (the real run collects all of tests/)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "bench/gpu_suite.py", "--dry-run", "--out", str(tmp_path), "--tests",
@@ -29,17 +30,20 @@ def test_dry_run_collects_every_selection_and_writes_the_table(tmp_path):
                          env=env, capture_output=True, text=True, timeout=2400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     res = json.loads((tmp_path / "gpu_suite.json").read_text())
+    import importlib
+
+    n_configs = len(importlib.import_module("umedfast.kernels.vrr_attention").configs_for(128, torch.bfloat16))
     r = res["results"]
-    assert list(r) == ["build", "tests", "vrr", "iou", "logprob", "ppo"]
+    assert list(r) == ["build", "tests", "vrr", "vrr_variants", "iou", "logprob", "ppo"]
     assert "pip install -e . --no-build-isolation" in r["build"]["cmd"] and r["build"]["dry_run"]
     assert r["tests"]["rc"] == 0 and r["tests"]["collected"] >= 20  # tests/kernels/test_kernels_cuda.py alone has 21
     assert r["vrr"]["rc"] == 0 and r["vrr"]["collected"] == 24  # 4 shapes x 6 providers
+    # sdpa_cudnn / sdpa_flash + each variant x (each config at D=128 bf16 + tuned) + auto-tuned
+    assert r["vrr_variants"]["rc"] == 0 and r["vrr_variants"]["collected"] == 2 + 4 * (n_configs + 1) + 1
     assert r["iou"]["rc"] in (0, 5)  # CUDA cases are parametrized by the devices present: none on CPU
     assert r["logprob"]["rc"] == 0 and r["logprob"]["collected"] == 4
     assert r["ppo"]["rc"] == 0 and "ppo config ok tiny-qwen2-vl" in r["ppo"]["tail"]
     md = (tmp_path / "gpu_suite.md").read_text()
-    import torch
-
     assert "DRY RUN on CPU: nothing measured" in md and "GPU: none" in md and f"torch {torch.__version__}" in md
     assert "| vrr | dry run |" in md
 

@@ -25,6 +25,8 @@ def compile_for_sm90(script: str, timeout: int = 1500) -> dict:
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     here = str(Path(__file__).resolve().parent)
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if env.get("UMEDFAST_AOT_TRITON"):  # another triton install (e.g. the device image's 3.6) shadows the local one
+        env["PYTHONPATH"] = env["UMEDFAST_AOT_TRITON"] + os.pathsep + env["PYTHONPATH"]
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -64,6 +66,9 @@ def sm90_resources(fn, signature: dict, constexprs: dict, aligned=(), *, num_war
         "regs": int(fields["REG"]), "stack": int(fields["STACK"]), "local": int(fields["LOCAL"]),
         "shared": int(k.metadata.shared), "wgmma": ptx.count("wgmma.mma_async"), "cp_async": ptx.count("cp.async"),
         "atomics": len(re.findall(r"\s(?:red|atom)\.global", ptx)),  # not "cp.async...shared.global"
+        "tma": ptx.count("cp.async.bulk.tensor"),  # TMA copies (tensor descriptors)
+        # warp specialization happened: the partitions survive in the TTGIR, and Hopper rebalances registers
+        "warp_specialized": "ttg.warp_specialize" in k.asm.get("ttgir", "") or "setmaxnreg" in ptx,
     }
 
 

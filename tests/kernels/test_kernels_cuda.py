@@ -51,6 +51,31 @@ def test_vrr_matches_float64_every_head_dim_and_dtype(dtype, D):
     _vrr_check(*_vrr_inputs(2, 4, 2, 129, 129, D, dtype), causal=True)
 
 
+@pytest.mark.parametrize("D", [64, 128, 256])
+def test_vrr_fp32_with_tf32_matches_torch_tf32_rule(D, monkeypatch):
+    """torch.backends.cuda.matmul.allow_tf32 on: fp32 dots run as tf32 wgmma (IEEE at D=256, where every tf32 tile
+    spills). The bound follows flash-attention's rule against torch in the same precision: the same oracle in fp32
+    with tf32 matmuls (upcast=False) against float64."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    _vrr_check(*_vrr_inputs(2, 4, 2, 129, 129, D, torch.float32, seed=D), causal=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("variant", ["ptr", "tma", "ws", "tma_ws"])
+def test_vrr_every_variant_matches_float64(variant, dtype, monkeypatch):
+    """Each kernel variant (pointer loads, TMA descriptors, warp specialization) that this triton and GPU support,
+    forced through UMEDFAST_VRR_VARIANT, at an odd length and a padded head dim (80: TMA zero-fills the columns past
+    80 and the rows past Nk)."""
+    import importlib
+
+    mod = importlib.import_module("umedfast.kernels.vrr_attention")
+    if variant not in mod.supported_variants():
+        pytest.skip(f"{variant} not supported here (triton / compute capability)")
+    monkeypatch.setenv("UMEDFAST_VRR_VARIANT", variant)
+    _vrr_check(*_vrr_inputs(2, 4, 2, 129, 1025, 80, dtype, seed=80), causal=True)
+    _vrr_check(*_vrr_inputs(1, 2, 1, 37, 37, 128, dtype, seed=128), causal=False)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("Nq,Nk", [(37, 37), (5, 1025), (1025, 1025)])
 def test_vrr_odd_lengths(causal, Nq, Nk):

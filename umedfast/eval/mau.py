@@ -30,7 +30,8 @@ from umedfast.answers import ClassNamer, build_vocab, says_normal
 from umedfast.box_matching import best_matching, iou_matrix
 from umedfast.boxes import parse_boxes
 from umedfast.data import CLASS_SYNONYMS, MAURecord, record_targets
-from umedfast.model.collate import collate_chat, model_inputs
+from umedfast.data.loader import eval_batches
+from umedfast.model.collate import model_inputs
 
 METRIC_KEYS = ("accuracy", "mean_iou", "acc_iou50", "format_ok")
 
@@ -188,12 +189,21 @@ def for_collate(records: Sequence[Any]) -> list:
     return out
 
 
+def _prepare_one(rec):
+    """A benchmark sample (image path or pixels) as ``collate_chat`` reads it (runs in the loader's workers)."""
+    return for_collate([rec])[0]
+
+
 def generate_responses(bundle, records: Sequence[Any], *, batch_size: int = 8, max_new_tokens: int = 64,
-                       greedy: bool = True, progress: bool = True, **generate_kwargs) -> list[str]:
+                       greedy: bool = True, progress: bool = True, workers: int = 0, bad: list | None = None,
+                       **generate_kwargs) -> list[str]:
     """Batched generation for MAU records. Returns one decoded response (prompt excluded) per record, in order.
 
     Uses umedfast.model.collate_chat(for_generation=True) (left-padded prompts), so the new tokens of every row
-    start at column input_ids.shape[1]. Greedy by default (deterministic).
+    start at column input_ids.shape[1]. Greedy by default (deterministic). Images are decoded and preprocessed by
+    ``workers`` processes (``umedfast.data.loader.eval_batches``; 0 = in this process), batches seen before in
+    this process come from its cache. A record whose image cannot be read gets the response "" (scored wrong) and
+    is appended to ``bad`` (``BadImage``) when given.
     """
     model = bundle.model
     tok = bundle.tokenizer
@@ -201,21 +211,25 @@ def generate_responses(bundle, records: Sequence[Any], *, batch_size: int = 8, m
     was_training = model.training
     model.eval()
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    out: list[str] = []
+    out: list[str] = [""] * len(records)
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, len(records), batch_size), desc="generate", unit="batch",
-                              disable=not progress):
-                chunk = for_collate(records[start:start + batch_size])
-                batch = collate_chat(bundle, chunk, for_generation=True)
-                inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in model_inputs(batch).items()}
+            for _start, fed in tqdm(eval_batches(bundle, records, batch_size, workers=workers, prepare=_prepare_one),
+                                    total=-(-len(records) // batch_size), desc="generate", unit="batch",
+                                    disable=not progress):
+                if bad is not None:
+                    bad.extend(fed.bad)
+                if fed.batch is None:  # every image of the chunk unreadable: their responses stay ""
+                    continue
+                inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in model_inputs(fed.batch).items()}
                 kw = dict(max_new_tokens=max_new_tokens, do_sample=not greedy, pad_token_id=pad_id)
                 if greedy:
                     kw.update(temperature=None, top_p=None, top_k=None)
                 kw.update(generate_kwargs)
                 seq = model.generate(**inputs, **kw)
                 new = seq[:, inputs["input_ids"].shape[1]:]
-                out.extend(t.strip() for t in tok.batch_decode(new, skip_special_tokens=True))
+                for i, t in zip(fed.indices, tok.batch_decode(new, skip_special_tokens=True)):
+                    out[i] = t.strip()
     finally:
         model.train(was_training)
     return out
@@ -232,17 +246,24 @@ def write_predictions(samples: list[dict], path: str | os.PathLike) -> None:
 
 def evaluate_and_write(bundle, records: Sequence[Any], out_path: str | os.PathLike, *, batch_size: int = 8,
                        max_new_tokens: int = 64, greedy: bool = True, box_format: str = "norm1000",
-                       progress: bool = True, responses: Sequence[str] | None = None, judge=None) -> dict:
+                       progress: bool = True, responses: Sequence[str] | None = None, judge=None,
+                       workers: int = 0) -> dict:
     """Generate (unless `responses` is given), score, and write `out_path` (eval.json) plus
     `<stem>.predictions.jsonl` beside it. Returns the metrics dict (with "predictions" = that file's name).
 
     judge: optional relevance judge (umedfast.eval.judged.make_eval_judge) -> adds "judged_accuracy" etc.
+    workers: image decode processes (``generate_responses``); with generation, "bad_images" counts the records
+    whose image could not be read (their response is "", scored wrong, still in ``n``).
     """
-    if responses is None:
+    bad: list = []
+    generated = responses is None
+    if generated:
         responses = generate_responses(bundle, records, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                       greedy=greedy, progress=progress)
+                                       greedy=greedy, progress=progress, workers=workers, bad=bad)
     samples = score_samples(records, responses, box_format=box_format)
     metrics = aggregate(samples)
+    if generated:
+        metrics["bad_images"] = len(bad)
     if judge is not None:
         from umedfast.eval.judged import judged_accuracy
         jm, scores = judged_accuracy(records, responses, judge, box_format=box_format)

@@ -68,11 +68,12 @@ def prompt_and_suffix(processor, query: str, response: str | None) -> tuple[str,
 
 
 def collate_chat(bundle, records: Sequence[Any], *, responses: Sequence[str] | None = None,
-                 for_generation: bool = False) -> dict[str, torch.Tensor]:
+                 for_generation: bool = False, move: bool = True) -> dict[str, torch.Tensor]:
     """Collate ``records`` (objects or dicts with ``image``, ``query``, ``response``) into model inputs.
 
     ``responses`` overrides the records' responses (PPO scores sampled candidates). ``for_generation`` drops the
-    response, pads left and returns no ``labels``.
+    response, pads left and returns no ``labels``. ``move=False`` returns CPU tensors and never reads
+    ``bundle.model`` (input-pipeline workers, ``umedfast.data.loader``); :func:`to_model` moves them later.
     """
     if not records:
         raise ValueError("collate_chat needs at least one record")
@@ -116,8 +117,13 @@ def collate_chat(bundle, records: Sequence[Any], *, responses: Sequence[str] | N
         out["mm_token_type_ids"] = (input_ids == bundle.image_token_id).long()
     if not for_generation:
         out["labels"] = labels
-    param = next(bundle.model.parameters())
-    out = {k: v.to(param.device) for k, v in out.items()}
+    return to_model(out, bundle.model) if move else out
+
+
+def to_model(batch: dict[str, torch.Tensor], model, non_blocking: bool = False) -> dict[str, torch.Tensor]:
+    """``batch`` on ``model``'s device, ``pixel_values`` in its dtype (a CPU batch from :func:`collate_chat`)."""
+    param = next(model.parameters())
+    out = {k: v.to(param.device, non_blocking=non_blocking) for k, v in batch.items()}
     out["pixel_values"] = out["pixel_values"].to(param.dtype)
     return out
 

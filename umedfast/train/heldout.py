@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Callable
 
 from umedfast.config import TrainConfig
+from umedfast.data.loader import resolve_workers
 from umedfast.train.distributed import Dist, barrier
 from umedfast.train.fsdp import is_sharded
 from umedfast.train.length_check import check_generation_cap
 
-# (bundle, records, out_path, *, batch_size, max_new_tokens, box_format, progress) -> metrics dict; writes out_path
+# (bundle, records, out_path, *, batch_size, max_new_tokens, box_format, progress, workers) -> metrics dict;
+# writes out_path (workers: image decode processes, data.workers resolved for the model's device)
 EvalWriter = Callable[..., dict]
 
 
@@ -37,7 +39,9 @@ def evaluate(cfg: TrainConfig, bundle, held: list, out_path: Path, d: Dist, max_
         scratch = None if d.is_main else Path(tempfile.mkdtemp(prefix=f"umedfast_eval_rank{d.rank}_"))
         metrics = write_eval(bundle, held, scratch / out_path.name if scratch else out_path,
                              batch_size=cfg.eval_batch_size, max_new_tokens=max_new_tokens,
-                             box_format=cfg.data.box_format, progress=cfg.progress and d.is_main)
+                             box_format=cfg.data.box_format, progress=cfg.progress and d.is_main,
+                             workers=resolve_workers(cfg.data.workers,
+                                                     device=str(next(bundle.model.parameters()).device)))
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
             metrics = None

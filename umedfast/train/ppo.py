@@ -8,15 +8,17 @@ Writes ``OUTPUT/ppo/metrics.jsonl`` + TensorBoard events, checkpoints, ``OUTPUT/
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from umedfast.config import TrainConfig
+from umedfast.data.loader import train_feed
 from umedfast.model import save_checkpoint
 from umedfast.train.data_order import EpochOrder
-from umedfast.train.distributed import Dist, barrier
+from umedfast.train.distributed import Dist, barrier, shard
 from umedfast.train.fsdp import checkpoint_views, gathered_for_save, local_fraction
 from umedfast.train.heldout import EvalWriter, evaluate
 from umedfast.train.interrupt import Interrupted, stop_agreed
@@ -63,12 +65,18 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False, write_e
                                    device=device)["step"]
     log = MetricsLogger(run_dir, enabled=d.is_main)
     bar = tqdm(total=p.steps, initial=step, desc="ppo", unit="it", disable=not (cfg.progress and d.is_main))
+    # query prompts (image decode + processor) prepared by data.workers processes in `order` (umedfast/data/loader.py)
+    feed = train_feed(cfg, d, st.bundle, train, order, p.queries_per_step, p.steps - step, for_generation=True,
+                      what="ppo")
     while step < p.steps:
+        t_step = time.perf_counter()
         epoch, idx = order.next_batch(p.queries_per_step)
-        row = ppo_step(st, [train[i] for i in idx][d.rank::d.world], step)
+        fed = feed.next_usable(shard(idx, d))
+        row = ppo_step(st, [train[i] for i in fed.indices], step, prompts=fed.batch)
         sched.step()
         step += 1
-        row.update(lr=sched.get_last_lr()[0], epoch=epoch, ids=[train[i].id for i in idx])
+        row.update(lr=sched.get_last_lr()[0], epoch=epoch, ids=[train[i].id for i in idx],
+                   data_wait_s=feed.pop_wait(), step_s=time.perf_counter() - t_step, bad_images=feed.bad_images)
         if step % cfg.log_every == 0 or step == p.steps:
             log.log(step, row)
         bar.update(1)
@@ -79,10 +87,12 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False, write_e
             saved = save(step)
         if stop_agreed(d):  # Ctrl-C on any rank: checkpoint at this step boundary (as the periodic save does)
             saved = saved or save(step)
+            feed.close()
             bar.close()
             log.close()
             raise Interrupted("ppo", step, saved)
     bar.close()
+    feed.close()
     with gathered_for_save([st.bundle.model, st.bundle.base_model, st.value_head], d):
         if d.is_main:
             save_checkpoint(run_dir / "final", st.bundle, st.value_head)
@@ -91,6 +101,7 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False, write_e
                   write_eval)
     summary = log.summary({"steps": step, "nonfinite": st.guard.counts, "eval": ev,
                            "judge": getattr(st.judge, "stats", {}), "parallel": cfg.parallel,
+                           "bad_images": feed.bad_images,
                            "param_fraction_per_rank": local_fraction(st.policy_with_value)})
     log.close()
     return {"steps": step, "eval": ev, "summary": summary, "bundle": st.bundle}

@@ -100,14 +100,17 @@ def build_state(cfg: TrainConfig, d: Dist, device: str) -> PPOState:
 
 
 # --------------------------------------------------------------------------------------------------- 1. rollout
-def rollout(st: PPOState, queries: list, step: int) -> Rollout:
-    """K sampled candidates per query; sampling is keyed by (seed, step, query id, candidate), world-size free."""
+def rollout(st: PPOState, queries: list, step: int, prompts: dict | None = None) -> Rollout:
+    """K sampled candidates per query; sampling is keyed by (seed, step, query id, candidate), world-size free.
+    ``prompts``: the queries already collated for generation (the input pipeline's batch), else collated here."""
     p = st.cfg
     ro = sample_candidates(st.bundle, queries, k=p.k, temperature=p.temperature, top_p=p.top_p,
-                           max_new_tokens=p.max_new_tokens, seed=st.seed, step=step, synced_gpus=st.synced_gpus)
+                           max_new_tokens=p.max_new_tokens, seed=st.seed, step=step, synced_gpus=st.synced_gpus,
+                           prompts=prompts)
     if p.baseline == "greedy":  # ReMax anchor: what the policy answers at evaluation (argmax), one per query
         ro.anchor = sample_candidates(st.bundle, queries, k=1, temperature=1.0, top_p=1.0,
-                                      max_new_tokens=p.max_new_tokens, synced_gpus=st.synced_gpus, greedy=True)
+                                      max_new_tokens=p.max_new_tokens, synced_gpus=st.synced_gpus, greedy=True,
+                                      prompts=prompts)
     return ro
 
 
@@ -374,9 +377,10 @@ def step_stats(st: PPOState, ro: Rollout, sc: Scored, losses: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- all of it
-def ppo_step(st: PPOState, queries: list, step: int, phases: dict | None = None) -> dict:
+def ppo_step(st: PPOState, queries: list, step: int, phases: dict | None = None, prompts: dict | None = None) -> dict:
     """rollout -> score -> advantages -> update -> stats for this rank's ``queries``; returns the metrics row.
-    ``phases`` (optional) collects the wall seconds of each piece: {name: [seconds, ...]}."""
+    ``phases`` (optional) collects the wall seconds of each piece: {name: [seconds, ...]}. ``prompts``: the
+    queries' generation batch from the input pipeline (``umedfast.data.loader``), else collated in the rollout."""
     t = [time.perf_counter()]
 
     def tick(name):
@@ -385,7 +389,7 @@ def ppo_step(st: PPOState, queries: list, step: int, phases: dict | None = None)
             phases.setdefault(name, []).append(now - t[0])
             t[0] = now
 
-    ro = rollout(st, queries, step)
+    ro = rollout(st, queries, step, prompts)
     tick("rollout")
     sc = score(st, ro)
     tick("score")

@@ -81,19 +81,20 @@ class _only_generation_config:
 @torch.no_grad()
 def sample_candidates(bundle, records: list, *, k: int, temperature: float, top_p: float,
                       max_new_tokens: int, seed: int = 0, step: int = 0, synced_gpus: bool = False,
-                      greedy: bool = False) -> Rollout:
+                      greedy: bool = False, prompts: dict | None = None) -> Rollout:
     """Generate ``k`` sampled responses per record with the KV cache; returns the :class:`Rollout`.
     ``greedy``: argmax decoding instead (the ReMax anchor of ``ppo.baseline=greedy``; use ``k=1``).
 
     Candidate ``j`` of a record is a pure function of (``seed``, ``step``, record id, ``j``) and the model
     (:mod:`umedfast.train.sampling`), so any split of the queries across ranks samples the same tokens.
     ``synced_gpus``: keep stepping until every rank is done (FSDP: each forward is a collective).
+    ``prompts``: ``records`` already collated for generation (the input pipeline's batch), else collated here.
     """
     model = bundle.model
     tok = bundle.tokenizer
     reps = [r for r in records for _ in range(k)]
     # collate each query once (image decode + image processor + chat template), then repeat its rows K times
-    one = collate_chat(bundle, list(records), for_generation=True)
+    one = prompts if prompts is not None else collate_chat(bundle, list(records), for_generation=True)
     gen = select_rows(one, torch.arange(len(records), device=one["input_ids"].device).repeat_interleave(k), bundle)
     was = model.training
     model.eval()

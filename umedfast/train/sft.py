@@ -7,6 +7,7 @@ layout) for stage 2.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -14,10 +15,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from umedfast.config import TrainConfig
+from umedfast.data.loader import train_feed
 from umedfast.errors import UserError
-from umedfast.model import collate_chat, model_inputs, save_checkpoint
+from umedfast.model import model_inputs, save_checkpoint
 from umedfast.train.data_order import EpochOrder
-from umedfast.train.distributed import Dist, all_reduce_sum, barrier, use_fsdp, wrap_ddp
+from umedfast.train.distributed import Dist, all_reduce_sum, barrier, shard, use_fsdp, wrap_ddp
 from umedfast.train.fsdp import checkpoint_views, gathered_for_save, local_fraction, no_sync, scalar, shard_model
 from umedfast.train.heldout import EvalWriter, evaluate
 from umedfast.train.interrupt import Interrupted, stop_agreed
@@ -79,13 +81,15 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False, write_e
     guard = NonFiniteGuard()
     bar = tqdm(total=total, initial=step, desc="sft", unit="step", disable=not (cfg.progress and d.is_main))
     dtype = next(model.parameters()).dtype
+    # images decoded + preprocessed by data.workers processes, in the order of `order` (umedfast/data/loader.py)
+    feed = train_feed(cfg, d, bundle, train, order, micro, (total - step) * s.grad_accum, what="sft")
     while step < total:
-        batches, ids, epoch = [], [], order.epoch
+        batches, ids, epoch, t_step = [], [], order.epoch, time.perf_counter()
         for _ in range(s.grad_accum):
             epoch, idx = order.next_batch(micro)
-            recs = [train[i] for i in idx]
-            ids += [r.id for r in recs]
-            batches.append(collate_chat(bundle, recs[d.rank::d.world]))
+            ids += [train[i].id for i in idx]
+            batches.append(feed.next_usable(shard(idx, d)).batch)
+        data_wait = feed.pop_wait()
         # normalize by the global number of response tokens of this optimizer step (DDP then averages ranks)
         n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
         n_global = float(all_reduce_sum(torch.tensor(float(n_local)), d))
@@ -107,7 +111,8 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False, write_e
         step += 1
         if step % cfg.log_every == 0 or step == total:
             log.log(step, {"loss": mean_loss, "lr": sched.get_last_lr()[0], "epoch": epoch, "tokens": n_global,
-                           "ids": ids})
+                           "ids": ids, "data_wait_s": data_wait, "step_s": time.perf_counter() - t_step,
+                           "bad_images": feed.bad_images})
         bar.update(1)
         bar.set_postfix(loss=f"{mean_loss:.3f}", ep=epoch)
         end_of_epoch = step % per_epoch == 0 or step == total
@@ -126,15 +131,18 @@ def run_sft(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False, write_e
             saved = save_training_state(run_dir, step, model=m_, optimizer=o_, scheduler=sched, order=order, d=d,
                                         extra={"eval": last_eval})
         if stop and step < total:
+            feed.close()
             bar.close()
             log.close()
             raise Interrupted("sft", step, saved)
     bar.close()
+    feed.close()
     with gathered_for_save([model, bundle.base_model], d):
         if d.is_main:
             save_checkpoint(run_dir / "final", bundle)
     barrier(d)
     summary = log.summary({"steps": step, "nonfinite": guard.counts, "eval": last_eval, "parallel": cfg.parallel,
+                           "bad_images": feed.bad_images,
                            "param_fraction_per_rank": local_fraction(model)})
     log.close()
     return {"steps": step, "eval": last_eval, "summary": summary, "bundle": bundle}
