@@ -1,6 +1,6 @@
 // Standalone check of the torch-free loops in csrc/cpu/box_iou_cpu_kernels.h against a float64 textbook reference:
 // paired IoU / GIoU (float and double), pairwise (rescaled and plain rows), random + empty / inverted / non-finite /
-// huge / tiny boxes. tests/test_ops_cpu_clones.py compiles it for aarch64 and runs it under qemu-aarch64 (where a
+// huge / tiny boxes. tests/ops/test_ops_cpu_clones.py compiles it for aarch64 and runs it under qemu-aarch64 (where a
 // cross compiler and qemu are installed), so the NEON build is checked on an x86-64 machine. Exit status 0 = pass.
 #include "cpu/box_iou_cpu_kernels.h"
 #include <cmath>
