@@ -19,8 +19,7 @@ import torch
 from PIL import Image
 
 from umedfast.data import read_mau, synth
-from umedfast.data.loader import (Feed, OrderShards, clear_eval_cache, collate_spec, eval_batches,
-                                  resolve_workers)
+from umedfast.data.loader import Feed, OrderShards, clear_eval_cache, collate_spec, resolve_workers
 from umedfast.train.data_order import EpochOrder
 
 from _train_helpers import TINY, env, metrics, run, train_cmd

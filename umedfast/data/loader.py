@@ -44,6 +44,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from umedfast.config import workers_value
+from umedfast.errors import UserError
+from umedfast.model.collate import collate_chat, record_image, to_model
+
 log = logging.getLogger("umedfast.data.loader")
 
 EVAL_CACHE_MB = 2048  # collated evaluation batches kept per process (CPU RAM); beyond it batches are recomputed
@@ -79,8 +83,6 @@ def resolve_workers(value: int | str, *, device: str = "cpu", torch_threads: int
     intra-op threads (a worker that takes a core an OpenMP thread waits on stalls every parallel region).
     At most ``AUTO_MAX_WORKERS``. On the 2-core demo box with ``threads: auto``/1 thread that is 1 worker; with
     2 torch threads it is 0 (in-process)."""
-    from umedfast.config import workers_value
-
     v = workers_value(value)
     if v != "auto":
         return v
@@ -96,8 +98,6 @@ def _worker_init(_worker_id: int) -> None:
 
 
 def _read_image(rec) -> Any:
-    from umedfast.model.collate import record_image
-
     return record_image(rec)
 
 
@@ -131,8 +131,6 @@ class _Collate:
         self.spec, self.records, self.for_generation = spec, records, for_generation
 
     def __call__(self, items: list) -> dict:
-        from umedfast.model.collate import collate_chat
-
         good = [it for it in items if not isinstance(it, BadImage)]
         bad = [it for it in items if isinstance(it, BadImage)]
         batch = None
@@ -215,9 +213,7 @@ class Feed:
                                f"{list(expect)[:8]}..., got {got[:8]}...")
         batch = item["batch"]
         if batch is not None and self.model is not None:
-            from umedfast.model.collate import to_model
-
-            batch = to_model(batch, self.model, non_blocking=self.pin)
+                    batch = to_model(batch, self.model, non_blocking=self.pin)
         self.wait_s += time.perf_counter() - t0
         for b in item["bad"]:
             self.bad_images += 1
@@ -231,8 +227,6 @@ class Feed:
         """``next`` for training: a batch with no usable image at all cannot proceed (``UserError``)."""
         fed = self.next(expect)
         if fed.batch is None:
-            from umedfast.errors import UserError
-
             raise UserError(f"every image of a {self.what} batch is unreadable: "
                             + "; ".join(f"{b.path} ({b.error})" for b in fed.bad[:4]))
         return fed
@@ -323,8 +317,6 @@ def eval_batches(bundle, records: Sequence[Any], batch_size: int, *, workers: in
     if todo:
         feed = Feed(records, todo, collate_spec(bundle), for_generation=True, workers=min(workers, len(todo)),
                     prepare=prepare, what="evaluation")
-    from umedfast.model.collate import to_model
-
     try:
         for c, k in zip(chunks, keys):
             if k is not None and k in _EVAL_CACHE:
