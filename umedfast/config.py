@@ -241,9 +241,9 @@ def apply_override(cfg: TrainConfig, item: str) -> None:
             setattr(obj, p, _coerce(value, types_[p], key))
 
 
-def threads_value(threads: str) -> int | str:
-    """``"auto"`` or a non-negative integer (0 = torch default); raises ConfigError otherwise."""
-    t = str(threads).strip().lower()
+def auto_or_count(value, key: str, zero_means: str) -> int | str:
+    """``"auto"`` or an integer >= 0 (``threads``, ``data.workers``); raises ConfigError naming ``key`` otherwise."""
+    t = str(value).strip().lower()
     if t == "auto":
         return "auto"
     try:
@@ -251,22 +251,18 @@ def threads_value(threads: str) -> int | str:
     except ValueError:
         n = -1
     if n < 0:
-        raise ConfigError(f"threads must be auto or an integer >= 0 (0 = all cores), got {threads!r}")
+        raise ConfigError(f"{key} must be auto or an integer >= 0 (0 = {zero_means}), got {value!r}")
     return n
+
+
+def threads_value(threads: str) -> int | str:
+    """``threads``: ``"auto"`` or a non-negative integer (0 = torch default)."""
+    return auto_or_count(threads, "threads", "all cores")
 
 
 def workers_value(workers) -> int | str:
-    """``data.workers``: ``"auto"`` or an integer >= 0; raises ConfigError otherwise."""
-    t = str(workers).strip().lower()
-    if t == "auto":
-        return "auto"
-    try:
-        n = int(t)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise ConfigError(f"data.workers must be auto or an integer >= 0 (0 = no worker process), got {workers!r}")
-    return n
+    """``data.workers``: ``"auto"`` or an integer >= 0 (0 = decode in the training process)."""
+    return auto_or_count(workers, "data.workers", "no worker process")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:

@@ -14,8 +14,9 @@ from umedfast.train.rollout import Rollout
 
 
 @dataclass
-class RolloutRewards:
-    """Per candidate (Float[B] / Bool[B]): raw parts, plain IoU for logging, and the combined reward."""
+class RawRewards:
+    """Un-normalized reward parts of a rollout's B rows: Float[B] ``r_llm``, ``alr``, ``iou``, ``vrr``; Bool[B]
+    ``format_ok``, ``class_written`` (VRR counts only where the response writes a ground-truth class)."""
 
     r_llm: torch.Tensor
     alr: torch.Tensor
@@ -23,8 +24,15 @@ class RolloutRewards:
     format_ok: torch.Tensor
     vrr: torch.Tensor
     class_written: torch.Tensor
-    combined: CombinedReward
-    anchor_total: torch.Tensor | None = None  # Float[Q]: the greedy anchor's combined reward (ppo.baseline=greedy)
+
+
+@dataclass
+class RolloutRewards(RawRewards):
+    """The raw parts (:class:`RawRewards`, Float[B] / Bool[B]) plus the combined reward of every candidate and, with
+    a greedy anchor, the anchor's combined reward ``anchor_total`` Float[Q] (``ppo.baseline=greedy``)."""
+
+    combined: CombinedReward = None
+    anchor_total: torch.Tensor | None = None
 
 
 def _targets(rec):
@@ -99,19 +107,6 @@ def credit_normal_answers(texts: list[str], normal: list[bool], vrr: torch.Tenso
             ok = says_normal(text) and not parse_boxes(text, box_format)
             vrr[i], written[i] = float(ok), ok
     return vrr, written
-
-
-@dataclass
-class RawRewards:
-    """Un-normalized reward parts of a rollout's B rows: Float[B] ``r_llm``, ``alr``, ``iou``, ``vrr``; Bool[B]
-    ``format_ok``, ``class_written`` (VRR counts only where the response writes a ground-truth class)."""
-
-    r_llm: torch.Tensor
-    alr: torch.Tensor
-    iou: torch.Tensor
-    format_ok: torch.Tensor
-    vrr: torch.Tensor
-    class_written: torch.Tensor
 
 
 def raw_rewards(bundle, ro: Rollout, judge, cfg: PPOConfig, box_format: str) -> RawRewards:
