@@ -293,8 +293,8 @@ def apply_override(cfg: TrainConfig, item: str) -> None:
             setattr(obj, p, _coerce(value, types_[p], key))
 
 
-def _auto_or_count(value, key: str, zero: str) -> int | str:
-    """``"auto"`` or an integer >= 0 for ``key`` (``zero``: what 0 means); raises ConfigError otherwise."""
+def auto_or_count(value, key: str, zero_means: str) -> int | str:
+    """``"auto"`` or an integer >= 0 (``threads``, ``data.workers``); raises ConfigError naming ``key`` otherwise."""
     t = str(value).strip().lower()
     if t == "auto":
         return "auto"
@@ -303,18 +303,18 @@ def _auto_or_count(value, key: str, zero: str) -> int | str:
     except ValueError:
         n = -1
     if n < 0:
-        raise ConfigError(f"{key} must be auto or an integer >= 0 ({zero}), got {value!r}")
+        raise ConfigError(f"{key} must be auto or an integer >= 0 (0 = {zero_means}), got {value!r}")
     return n
 
 
 def threads_value(threads: str) -> int | str:
-    """``"auto"`` or a non-negative integer (0 = torch default); raises ConfigError otherwise."""
-    return _auto_or_count(threads, "threads", "0 = all cores")
+    """``threads``: ``"auto"`` or a non-negative integer (0 = torch default)."""
+    return auto_or_count(threads, "threads", "all cores")
 
 
 def workers_value(workers) -> int | str:
-    """``data.workers``: ``"auto"`` or an integer >= 0; raises ConfigError otherwise."""
-    return _auto_or_count(workers, "data.workers", "0 = no worker process")
+    """``data.workers``: ``"auto"`` or an integer >= 0 (0 = decode in the training process)."""
+    return auto_or_count(workers, "data.workers", "no worker process")
 
 
 def _check_literals(obj, where: str = "") -> None:
