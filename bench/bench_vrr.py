@@ -81,6 +81,26 @@ def _eager_mass(q, k, v, region, causal):
     return out, mass
 
 
+
+def pinned_sdpa(provider: str, q, k, v, causal: bool):
+    """A callable running SDPA pinned to one backend (``provider``: "sdpa_cudnn" or "sdpa_flash"); skips the
+    benchmark when the backend is unavailable here (CPU, or the GPU/dtype/shape it does not support)."""
+    if not q.is_cuda:
+        pytest.skip("backend-pinned SDPA is measured on CUDA only")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = SDPBackend.CUDNN_ATTENTION if provider == "sdpa_cudnn" else SDPBackend.FLASH_ATTENTION
+
+    def pinned():
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    try:
+        pinned()
+    except RuntimeError as e:
+        pytest.skip(f"{provider} unavailable here: {e}")
+    return pinned
+
 def _provider_fn(provider, q, k, v, region, causal):
     if provider == "umedfast_vrr":
         if not (q.is_cuda or INTERPRET):
@@ -92,21 +112,7 @@ def _provider_fn(provider, q, k, v, region, causal):
         gqa = q.shape[1] != k.shape[1]
         return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
     if provider in ("sdpa_cudnn", "sdpa_flash"):
-        if not q.is_cuda:
-            pytest.skip("backend-pinned SDPA is measured on CUDA only")
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        backend = SDPBackend.CUDNN_ATTENTION if provider == "sdpa_cudnn" else SDPBackend.FLASH_ATTENTION
-
-        def pinned():
-            with sdpa_kernel(backend):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-
-        try:
-            pinned()
-        except RuntimeError as e:
-            pytest.skip(f"{provider} unavailable here: {e}")
-        return pinned
+        return pinned_sdpa(provider, q, k, v, causal)
     if provider == "eager_mass":
         return lambda: _eager_mass(q, k, v, region, causal)
     if provider == "flash_attn":

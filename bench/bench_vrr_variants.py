@@ -21,7 +21,8 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
+
+from bench_vrr import pinned_sdpa  # bench/ is on sys.path under pytest (rootdir conftest)
 
 HAS_CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 SHAPE = (4, 32, 32, 2048, 128, True)  # B, Hq, Hkv, N, D, causal
@@ -89,18 +90,7 @@ def test_vrr_variant(benchmark, case):
     q, k, v, region = _inputs()
     cfg_name = None
     if variant == "ref":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        backend = SDPBackend.CUDNN_ATTENTION if which == "sdpa_cudnn" else SDPBackend.FLASH_ATTENTION
-
-        def fn():
-            with sdpa_kernel(backend):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-
-        try:
-            fn()
-        except RuntimeError as e:
-            pytest.skip(f"{which} unavailable here: {e}")
+        fn = pinned_sdpa(which, q, k, v, causal)
     else:
         if variant != "auto" and variant not in mod.supported_variants():
             pytest.skip(f"variant {variant} not supported by triton {__import__('triton').__version__} on this GPU")

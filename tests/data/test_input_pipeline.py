@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from umedfast.data import read_mau, synth
 from umedfast.data.loader import Feed, OrderShards, clear_eval_cache, collate_spec, resolve_workers
 from umedfast.train.data_order import EpochOrder
 
-from _train_helpers import TINY, env, metrics, run, train_cmd
+from _train_helpers import TINY, env, metrics, run, sigkill_after_checkpoint, train_cmd
 
 
 # --------------------------------------------------------------------------------------------------- fixtures
@@ -232,25 +231,12 @@ def test_kill_9_then_resume_sees_each_sample_once_in_order(tmp_path, workers):
     out = tmp_path / "run"
     args = ["--stage", "sft", "sft.epochs=3", "sft.batch_size=4", "sft.save_every=1", "sft.eval_every_epoch=false",
             f"data.workers={workers}"]
-    proc = subprocess.Popen(train_cmd(out, *args), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpts = out / "sft" / "checkpoints"
     kids: list[int] = []
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            kids = _children(proc.pid) or kids
-            done = [p for p in ckpts.glob("step-*") if (p / "state.json").exists()] if ckpts.exists() else []
-            if any(int(p.name.split("-")[1]) >= 4 for p in done):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "finished before it could be killed: " + proc.stderr.read().decode()[-2000:]
-        kids = _children(proc.pid) or kids
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+
+    def record_workers(pid):
+        kids[:] = _children(pid) or kids
+
+    sigkill_after_checkpoint(out, args, step=4, timeout=240, watch=record_workers)
     assert len(kids) == workers, kids  # the worker processes really ran (0: none)
     t0 = time.time()
     while any(_alive(k) for k in kids) and time.time() - t0 < 20:

@@ -1,10 +1,6 @@
 """Kill a real training process with SIGKILL and resume it: same number of steps, no sample twice in an epoch."""
-import signal
-import subprocess
-import time
-
 import pytest
-from _train_helpers import env, metrics, run, train_cmd
+from _train_helpers import metrics, run, sigkill_after_checkpoint, train_cmd
 
 from umedfast.train.data_order import EpochOrder
 
@@ -34,22 +30,7 @@ def _steps_by_epoch(rows):
 def test_sigkill_then_resume(tmp_path):
     out = tmp_path / "run"
     args = ["--stage", "sft", "sft.epochs=3", "sft.batch_size=4", "sft.save_every=1", "sft.eval_every_epoch=false"]
-    proc = subprocess.Popen(train_cmd(out, *args), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpts = out / "sft" / "checkpoints"
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            done = [p for p in ckpts.glob("step-*") if (p / "state.json").exists()] if ckpts.exists() else []
-            if any(int(p.name.split("-")[1]) >= 3 for p in done):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "training finished before it could be killed: " + proc.stderr.read().decode()[-2000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_after_checkpoint(out, args, step=3, timeout=180)
     killed_at = max(r["step"] for r in metrics(out / "sft" / "metrics.jsonl"))
     run(train_cmd(out, *args, "--resume"))
     rows = _steps_by_epoch(metrics(out / "sft" / "metrics.jsonl"))
