@@ -35,31 +35,44 @@ def metrics(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def sigkill_after_checkpoint(out: Path, args: list[str], stage: str = "sft", step: int = 3, timeout: float = 180,
-                             watch=None) -> None:
-    """Start ``umedfast-train`` in a real process, wait until checkpoint ``step`` of ``stage`` is complete on disk,
-    then SIGKILL it (asserting it was still running and died of the signal). ``watch(pid)`` is called while it
-    runs and once just before the kill (e.g. to record its worker processes)."""
+def sigkill_when(proc: subprocess.Popen, ready, timeout: float = 180, watch=None) -> None:
+    """Poll ``ready()`` until it is true, then SIGKILL the training process ``proc``; assert it was still running
+    (else fail with its stderr) and that it died of the signal. ``watch(pid)`` is called on every poll and once
+    just before the kill (e.g. to record its worker processes)."""
     import signal
     import time
 
-    proc = subprocess.Popen(train_cmd(out, *args), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpts = out / stage / "checkpoints"
     deadline = time.time() + timeout
     try:
         while time.time() < deadline and proc.poll() is None:
             if watch:
                 watch(proc.pid)
-            done = [p for p in ckpts.glob("step-*") if (p / "state.json").exists()] if ckpts.exists() else []
-            if any(int(p.name.split("-")[1]) >= step for p in done):
+            if ready():
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, "training finished before it could be killed: " + proc.stderr.read().decode()[-2000:]
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            err = err.decode() if isinstance(err, bytes) else err
+            raise AssertionError("training ended before it could be killed: " + err[-2000:])
         if watch:
             watch(proc.pid)
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
+
+
+def sigkill_after_checkpoint(out: Path, args: list[str], stage: str = "sft", step: int = 3, timeout: float = 180,
+                             watch=None) -> None:
+    """Start ``umedfast-train`` in a real process and SIGKILL it once checkpoint ``step`` of ``stage`` is complete
+    on disk (``sigkill_when``)."""
+    proc = subprocess.Popen(train_cmd(out, *args), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpts = out / stage / "checkpoints"
+
+    def checkpoint_written():
+        done = [p for p in ckpts.glob("step-*") if (p / "state.json").exists()] if ckpts.exists() else []
+        return any(int(p.name.split("-")[1]) >= step for p in done)
+
+    sigkill_when(proc, checkpoint_written, timeout, watch)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _train_helpers import TINY, env, metrics
+from _train_helpers import TINY, env, metrics, sigkill_when
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -225,14 +225,7 @@ def test_kill_9_then_resume_logs_each_step_once(tmp_path):
         steps = [r["step"] for r in _rows(metrics_file) if "loss" in r]
         return bool(ck) and ck[-1] >= 4 and steps and max(steps) > ck[-1]
 
-    try:
-        assert _wait(proc, rows_past_a_checkpoint), proc.communicate()[1][-3000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when(proc, rows_past_a_checkpoint, timeout=300)
     restored = _ckpt_steps(out / "sft")[-1]
     before = [r["step"] for r in _rows(metrics_file) if "loss" in r]
     assert max(before) > restored  # the killed run had logged steps its checkpoint does not hold
