@@ -1,11 +1,9 @@
 """Judges: offline rubric, and the OpenAI judge against a real local HTTP server with the real openai client."""
 import json
 import logging
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from _fake_llm import FakeLLM
 
 from umedfast.boxes import format_box
 from umedfast.rewards.judge import JudgeItem, OpenAIJudge, RubricJudge, make_judge, parse_score
@@ -63,66 +61,40 @@ def test_parse_score_refuses_anything_but_a_score_in_range(reply):
     assert parse_score(reply) is None
 
 
-class _Server:
-    """A tiny OpenAI-compatible chat-completions server. ``mode`` picks the behaviour per request."""
+class _JudgeServer(FakeLLM):
+    """The shared scripted OpenAI-compatible server (tests/_fake_llm.py) answering as a judge. ``mode`` picks the
+    reply: "ok" (0.9 when the judged answer names a nodule, else 0.1, after 0.05 s so requests overlap), "slow"
+    (1.5 s), "error" (HTTP 500), or one of the fixed texts in ``REPLIES``."""
+
+    REPLIES = {"garbage": "garbage", "overloaded": "Error 500: upstream overloaded", "out_of_range": "11",
+               "json_out_of_range": '{"score": 42}', "bare": "7"}
+    ACTIONS = {"slow": "sleep", "error": "500"}  # FakeLLM actions; every other mode: "slow" = 0.05 s, then reply
 
     def __init__(self):
+        super().__init__()
+        self.formats: list = []
         self.mode = "ok"
-        self.requests = 0
-        self.active = 0
-        self.max_active = 0
-        self.auth = set()
-        self.formats = []
-        lock = threading.Lock()
-        srv = self
 
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
+    @property
+    def mode(self) -> str:
+        return self._mode
 
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with lock:
-                    srv.requests += 1
-                    srv.active += 1
-                    srv.max_active = max(srv.max_active, srv.active)
-                    srv.auth.add(self.headers.get("Authorization"))
-                try:
-                    prompt = body["messages"][0]["content"]
-                    if srv.mode == "slow":
-                        time.sleep(1.5)
-                    if srv.mode == "error":
-                        self.send_response(500); self.end_headers(); self.wfile.write(b"boom"); return
-                    time.sleep(0.05)
-                    srv.formats.append(body.get("response_format"))
-                    content = {"garbage": "garbage", "overloaded": "Error 500: upstream overloaded",
-                               "out_of_range": "11", "json_out_of_range": '{"score": 42}', "bare": "7"}.get(
-                        srv.mode) or json.dumps(
-                        {"score": 0.9 if "nodule" in prompt.split("Assistant answer:")[1] else 0.1})
-                    out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                      "choices": [{"index": 0, "finish_reason": "stop",
-                                                   "message": {"role": "assistant", "content": content}}]}).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(out)))
-                    self.end_headers()
-                    self.wfile.write(out)
-                except BrokenPipeError:  # the client timed out first (the "slow" mode)
-                    pass
-                finally:
-                    with lock:
-                        srv.active -= 1
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        self._mode, self.default = mode, self.ACTIONS.get(mode, "slow")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def good_answer(self, body) -> str:
+        self.formats.append(body.get("response_format"))
+        prompt = body["messages"][0]["content"]
+        return self.REPLIES.get(self.mode) or json.dumps(
+            {"score": 0.9 if "nodule" in prompt.split("Assistant answer:")[1] else 0.1})
 
 
 @pytest.fixture(scope="module")
 def server():
-    s = _Server()
+    s = _JudgeServer()
     yield s
-    s.httpd.shutdown()
+    s.server.shutdown()
 
 
 def _items(n):
@@ -133,20 +105,20 @@ def _items(n):
 def test_openai_judge_scores_caches_and_bounds_concurrency(server, monkeypatch, caplog):
     monkeypatch.setenv("TEST_JUDGE_KEY", "sk-secret-123")
     server.mode = "ok"
-    j = make_judge("openai", base_url=server.url, model="judge", api_key_env="TEST_JUDGE_KEY", concurrency=3)
+    j = make_judge("openai", base_url=server.base_url, model="judge", api_key_env="TEST_JUDGE_KEY", concurrency=3)
     caplog.set_level(logging.DEBUG)
     s = j.score(_items(10))
     assert s == [0.9, 0.1] * 5
-    assert 1 <= server.max_active <= 3
+    assert 1 <= server.max_inflight <= 3
     assert "Bearer sk-secret-123" in server.auth
-    n = server.requests
-    assert j.score(_items(10)) == s and server.requests == n  # cache
+    n = len(server.requests)
+    assert j.score(_items(10)) == s and len(server.requests) == n  # cache
     assert j.stats["cache_hits"] == 10 and j.stats["failures"] == 0
     assert "sk-secret-123" not in caplog.text and "sk-secret" not in repr(j)
 
 
 def test_openai_judge_failures_are_neutral(server):
-    j = OpenAIJudge(base_url=server.url, model="judge", retries=0, timeout_s=0.5, neutral=0.5)
+    j = OpenAIJudge(base_url=server.base_url, model="judge", retries=0, timeout_s=0.5, neutral=0.5)
     server.mode = "garbage"
     assert j.score(_items(2)) == [0.5, 0.5]
     server.mode = "error"
@@ -171,7 +143,7 @@ def test_rubric_gives_full_credit_to_every_normal_template_answer():
 def test_openai_judge_counts_error_text_and_out_of_range_replies_as_failures(server):
     """An HTTP 200 whose text is an error message or a number outside [0, 10] is a counted failure, never a score
     (the old parser read "Error 500: upstream overloaded" as 500 -> 1.0, a full reward)."""
-    j = OpenAIJudge(base_url=server.url, model="judge", retries=0, timeout_s=5, neutral=0.5)
+    j = OpenAIJudge(base_url=server.base_url, model="judge", retries=0, timeout_s=5, neutral=0.5)
     for mode in ("overloaded", "out_of_range", "json_out_of_range"):
         server.mode = mode
         assert j.score([JudgeItem(mode, "a nodule")]) == [0.5], mode
@@ -184,7 +156,7 @@ def test_openai_judge_counts_error_text_and_out_of_range_replies_as_failures(ser
     assert j.score([JudgeItem("overloaded", "a nodule")]) == [0.9]
     # evaluation's judge gives NaN (left out and counted), not a score
     from umedfast.eval.judged import make_eval_judge
-    ej = make_eval_judge("openai", base_url=server.url, model="judge", timeout_s=5)
+    ej = make_eval_judge("openai", base_url=server.base_url, model="judge", timeout_s=5)
     server.mode = "overloaded"
     s = ej.score([JudgeItem("eval", "a nodule")])
     assert s[0] != s[0] and ej.stats["bad_replies"] == 1
@@ -194,7 +166,7 @@ def test_openai_judge_counts_error_text_and_out_of_range_replies_as_failures(ser
 def test_openai_judge_json_mode_sends_response_format(server):
     server.mode = "ok"
     server.formats.clear()
-    j = OpenAIJudge(base_url=server.url, model="judge", json_mode=True)
+    j = OpenAIJudge(base_url=server.base_url, model="judge", json_mode=True)
     assert j.score([JudgeItem("json", "a nodule")]) == [0.9]
     assert server.formats == [{"type": "json_object"}]
 
