@@ -122,8 +122,9 @@ class PPOConfig:
     critic_warmup_steps: int = 0        # first N iterations train only the critic (policy loss weight 0)
     truncation_penalty: float = 0.0     # subtracted from the reward of a response that hits max_new_tokens w/o EOS
     skip_uniform_groups: bool = False   # leave query groups whose K rewards are all equal out of the update
-    span_advantages: bool = False       # GAE: the box tokens get the ALR return only, the tokens after the box the
-                                        # rest (relevance, VRR); the return is cut at the box's closing bracket
+    span_advantages: bool = False       # GAE: the box tokens [..] get the ALR part of the reward only, the tokens
+                                        # after the first box the rest (relevance, VRR, format), each against its
+                                        # query's baseline for that part; tokens before the box keep the whole
     vf_coef: float = 0.5                # c2: value loss weight
     ent_coef: float = 0.0               # c3: entropy bonus weight
     max_grad_norm: float = 1.0          # gradient clipping (<= 0 disables)

@@ -208,21 +208,53 @@ def test_vrr_query_producer_is_one_position_before_the_class_token(tiny):
 
 
 # ------------------------------------------------------------------------------------------------ span advantages
-def test_span_advantages_credit_the_box_with_alr_only():
-    from umedfast.train.ppo_step import split_box_reward
+def test_span_advantages_credit_each_span_with_its_part():
+    from umedfast.rl import reward_to_go, span_advantages
 
-    # one answer of 5 tokens, box closes at token 1; sequence reward 3 = ALR 1 + rest 2 on the last token
-    mask = torch.ones(1, 5)
-    r = token_rewards(torch.tensor([3.0]), torch.zeros(1, 5), mask, kl_coef=0.0)
-    r2, cut = split_box_reward(r, mask, torch.tensor([1]), torch.tensor([1.0]))
-    assert r2.tolist() == [[0.0, 1.0, 0.0, 0.0, 2.0]] and cut.tolist() == [[False, True, False, False, False]]
-    adv, _ = gae_advantages(r2, torch.zeros(1, 5), mask, 1.0, 1.0, cut=cut)
-    assert adv.tolist() == [[1.0, 1.0, 2.0, 2.0, 2.0]]  # box tokens: ALR; class tokens: the rest
-    adv, _ = gae_advantages(r, torch.zeros(1, 5), mask, 1.0, 1.0)
-    assert adv.tolist() == [[3.0] * 5]  # without the cut every token gets the whole reward
-    # a row without a box is unchanged
-    r3, cut3 = split_box_reward(r, mask, torch.tensor([-1]), torch.tensor([1.0]))
-    assert torch.equal(r3, r) and not cut3.any()
+    # 2 answers of 6 tokens: answer 0 = [pre, pre, box, box, after, after]; answer 1 writes no box (4 tokens)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], dtype=torch.float32)
+    in_box = torch.tensor([[0, 0, 1, 1, 0, 0], [0] * 6], dtype=torch.bool)
+    after = torch.tensor([[0, 0, 0, 0, 1, 1], [0] * 6], dtype=torch.bool)
+    full = torch.full((2, 6), 3.0) * mask
+    kl_r = -0.1 * mask  # -kl_coef * kl_t
+    assert reward_to_go(kl_r, mask)[0].tolist() == pytest.approx([-0.6, -0.5, -0.4, -0.3, -0.2, -0.1])
+    adv = span_advantages(full, kl_r, mask, in_box, after, torch.tensor([0.5, 9.0]), torch.tensor([-1.0, 9.0]))
+    assert adv[0].tolist() == pytest.approx([3.0, 3.0, 0.5 - 0.4, 0.5 - 0.3, -1.0 - 0.2, -1.0 - 0.1])
+    assert adv[1].tolist() == [3.0, 3.0, 3.0, 3.0, 0.0, 0.0]  # no box: the whole-answer advantage, padding 0
+
+
+def test_box_token_spans_on_a_real_answer(tiny):
+    from umedfast.model import box_token_spans
+
+    _, bundle, _ = tiny
+    tok = bundle.tokenizer
+    text = "Detection: one abnormal region. Localization: [250,250,420,429], upper left. Recognition: it is nodule."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    in_box, after = box_token_spans(tok, ids)
+    pieces = [tok.decode(ids[: i + 1]) for i in range(len(ids))]
+    box_text = "".join(p[len(q):] for p, q, f in zip(pieces, [""] + pieces[:-1], in_box) if f)
+    assert box_text.strip() == "[250,250,420,429]" or "[250,250,420,429]" in box_text
+    first_box = in_box.index(True)
+    assert not any(after[:first_box]) and all(after[i] or in_box[i] for i in range(first_box, len(ids)))
+    assert not any(a and b for a, b in zip(in_box, after))
+    assert "nodule" in tok.decode([t for t, f in zip(ids, after) if f])
+    assert box_token_spans(tok, tok("Detection: normal.", add_special_tokens=False)["input_ids"]) == (
+        [False] * len(tok("Detection: normal.", add_special_tokens=False)["input_ids"]),) * 2
+
+
+def test_span_gains_against_the_greedy_anchor_and_the_group():
+    from types import SimpleNamespace
+    from umedfast.train.ppo_step import span_gains
+
+    # one query, K = 2: candidates total 3.0 (ALR 1.0) and 1.0 (ALR 0.25); the anchor total 2.0 (ALR 0.5)
+    comb = SimpleNamespace(alr=torch.tensor([1.0, 0.25]))
+    rw = SimpleNamespace(combined=comb, anchor_alr=torch.tensor([0.5]), anchor_total=torch.tensor([2.0]))
+    sc = SimpleNamespace(rewards=rw, seq_reward=torch.tensor([3.0, 1.0]))
+    ro = SimpleNamespace(anchor=SimpleNamespace(truncated=torch.tensor([False])))
+    box, rest = span_gains(PPOConfig(k=2, baseline="greedy"), sc, ro)
+    assert box.tolist() == [0.5, -0.25] and rest.tolist() == [0.5, -0.75]
+    box, rest = span_gains(PPOConfig(k=2, baseline="group"), sc, ro)  # leave-one-out: the other candidate
+    assert box.tolist() == [0.75, -0.75] and rest.tolist() == [1.25, -1.25]
 
 
 # ------------------------------------------------------------------------------------------------ per-query baselines

@@ -6,9 +6,11 @@
   one token per ``merge x merge`` block (2x2), row-major within each temporal slice.
 - :func:`phrase_token_positions`: indices of the tokens that spell a phrase, found on decoded text, so it works on
   generated ids (no offsets mapping from a fresh tokenization needed).
+- :func:`box_token_spans`: which response tokens write a box ``[...]`` and which come after the first box.
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import torch
@@ -92,22 +94,61 @@ def image_region_mask(bundle, batch: dict, boxes01: Sequence[Sequence[Box]]) -> 
     return mask
 
 
+def _id_list(token_ids) -> list[int]:
+    return [int(t) for t in (token_ids.tolist() if hasattr(token_ids, "tolist") else token_ids)]
+
+
+def decoded_char_ends(tokenizer, ids: list[int]) -> tuple[str, list[int]]:
+    """(decoded text, ``ends``): ``ends[i]`` is the length of the text decoded from ``ids[:i+1]``, i.e. token ``i``
+    covers characters ``ends[i-1] .. ends[i]``. Decoding growing prefixes handles byte-level / sentencepiece pieces
+    and leading spaces alike."""
+    ends, prev = [], 0
+    for i in range(len(ids)):
+        n = len(tokenizer.decode(ids[: i + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+        prev = max(prev, n)  # decoding a partial multi-byte char can shrink later; keep spans monotone
+        ends.append(prev)
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), ends
+
+
+_BRACKET = re.compile(r"\[[^\[\]]*\]")
+
+
+def box_token_spans(tokenizer, token_ids: Sequence[int]) -> tuple[list[bool], list[bool]]:
+    """Two flags per token of one response: ``in_box`` (the token overlaps a written box ``[...]``) and
+    ``after_box`` (not in a box, and after the first box opens). Tokens before the first ``[`` are neither.
+
+    Used by span advantages: box tokens are credited with the localization reward, the tokens after the first box
+    (position words, the class) with the rest; a response without a box has no flagged token."""
+    ids = _id_list(token_ids)
+    if not ids:
+        return [], []
+    text, ends = decoded_char_ends(tokenizer, ids)
+    spans = [(m.start(), m.end()) for m in _BRACKET.finditer(text)]
+    if not spans:
+        return [False] * len(ids), [False] * len(ids)
+    first = spans[0][0]
+    in_box, after = [], []
+    lo = 0
+    for hi in ends:
+        box = hi > lo and any(lo < e and hi > s for s, e in spans)
+        in_box.append(box)
+        after.append(not box and hi > lo and lo >= first)
+        lo = hi
+    return in_box, after
+
+
 def phrase_token_positions(tokenizer, token_ids: Sequence[int], phrase: str) -> list[int]:
     """Sorted indices into ``token_ids`` of every token overlapping an occurrence of ``phrase`` (case-insensitive).
 
     Character spans come from decoding growing prefixes, so byte-level/sentencepiece pieces, leading spaces and
     generated ids all work. A token that only carries the space before the phrase is not counted.
     """
-    ids = [int(t) for t in (token_ids.tolist() if hasattr(token_ids, "tolist") else token_ids)]
+    ids = _id_list(token_ids)
     needle = phrase.strip().lower()
     if not needle or not ids:
         return []
-    ends, prev = [], 0
-    for i in range(len(ids)):
-        n = len(tokenizer.decode(ids[: i + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False))
-        prev = max(prev, n)  # decoding a partial multi-byte char can shrink later; keep spans monotone
-        ends.append(prev)
-    text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False).lower()
+    text, ends = decoded_char_ends(tokenizer, ids)
+    text = text.lower()
     out: set[int] = set()
     start = text.find(needle)
     while start >= 0:

@@ -30,13 +30,11 @@ def token_rewards(seq_reward: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) 
 
 
 def gae_advantages(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
-                   lam: float = 0.95, cut: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                   lam: float = 0.95) -> tuple[Tensor, Tensor]:
     """Generalized Advantage Estimation (Schulman et al. 2016) over response tokens.
 
     rewards, values: Float[B, T]; mask: [B, T] (right-padded response tokens). The value after the last response
-    token is 0 (the episode ends). ``cut`` Bool[B, T] (optional): True at a position after which nothing flows
-    back (no bootstrap, no later reward), as at an episode end: the tokens up to a cut are credited only with the
-    rewards up to it (span advantages). Returns ``(advantages, returns)`` Float[B, T], zero outside the mask, with
+    token is 0 (the episode ends). Returns ``(advantages, returns)`` Float[B, T], zero outside the mask, with
     ``returns = advantages + values`` (the critic's regression target).
     """
     m = mask.to(values.dtype)
@@ -45,16 +43,43 @@ def gae_advantages(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float =
     b, t = rewards.shape
     adv = torch.zeros_like(rewards)
     last = torch.zeros(b, dtype=rewards.dtype, device=rewards.device)
-    keep = None if cut is None else (~cut.bool()).to(values.dtype)
     for i in reversed(range(t)):
         next_v = values[:, i + 1] if i + 1 < t else torch.zeros_like(last)
-        if keep is not None:
-            next_v, last = next_v * keep[:, i], last * keep[:, i]
         delta = rewards[:, i] + gamma * next_v - values[:, i]
         last = delta + gamma * lam * last
         last = last * m[:, i]  # padding positions carry nothing back
         adv[:, i] = last
     return adv, (adv + values) * m
+
+
+def reward_to_go(rewards: Tensor, mask: Tensor) -> Tensor:
+    """Float[B, T] -> Float[B, T]: ``sum_{s >= t} rewards[:, s]`` over the response tokens (0 outside ``mask``)."""
+    r = rewards * mask.to(rewards.dtype)
+    return r.flip(1).cumsum(1).flip(1) * mask.to(rewards.dtype)
+
+
+def span_advantages(full: Tensor, kl_reward: Tensor, mask: Tensor, in_box: Tensor, after_box: Tensor,
+                    box_gain: Tensor, rest_gain: Tensor) -> Tensor:
+    """Credit each span of an answer with the part of the reward it can still change (causal credit assignment).
+
+    ``full`` Float[B, T]: the whole-answer advantages (kept on the tokens before the first box: the Detection
+    decision, how many findings, whether to write a box at all). ``in_box`` / ``after_box`` Bool[B, T]
+    (``umedfast.model.box_token_spans``): the box tokens get ``box_gain`` Float[B] (the candidate's localization
+    reward minus its query's baseline for it) and the tokens after the first box get ``rest_gain`` Float[B] (the
+    rest of the reward minus its baseline). Both add the KL reward still to come, ``kl_reward`` Float[B, T]
+    (per token, ``-kl_coef * kl_t``).
+
+    Why: the tokens after the boxes cannot change the boxes, so the localization reward is pure noise for the
+    class they write, and the relevance / VRR outcome of the class is noise for the box coordinates (a box token
+    credited with VRR learns whatever raises the class tokens' attention, e.g. a wider box). Tokens before the
+    first box keep the whole return: they choose whether a box is written. Returns Float[B, T], 0 outside ``mask``.
+    """
+    m = mask.to(full.dtype)
+    kl_togo = reward_to_go(kl_reward, mask)
+    box = box_gain.to(full)[:, None] + kl_togo
+    rest = rest_gain.to(full)[:, None] + kl_togo
+    out = torch.where(in_box.bool(), box, torch.where(after_box.bool(), rest, full))
+    return out * m
 
 
 def _groups(seq_reward: Tensor, k: int) -> Tensor:

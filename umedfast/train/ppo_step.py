@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 import torch
 
 from umedfast.config import PPOConfig, RewardsConfig, TrainConfig
-from umedfast.model import PolicyWithValue, ValueHead, adapters_disabled, hidden_size
+from umedfast.model import PolicyWithValue, ValueHead, adapters_disabled, box_token_spans, hidden_size
 from umedfast.model.collate import select_rows
 from umedfast.rewards.judge import make_judge
-from umedfast.rl import (gae_advantages, group_advantages, kl_penalty, masked_mean, policy_loss, token_rewards,
-                         value_loss)
-from umedfast.rl.advantages import last_token_index
+from umedfast.rl import (gae_advantages, group_advantages, kl_penalty, masked_mean, policy_loss, span_advantages,
+                         token_rewards, value_loss)
 from umedfast.train.distributed import Dist, all_gather_floats, all_reduce_sum, use_fsdp, wrap_ddp
 from umedfast.train.fsdp import RootPolicyWithValue, scalar, shard_model, shard_small
 from umedfast.train.logprobs import policy_outputs, reference_logprobs
@@ -185,41 +184,33 @@ def update_mask(p: PPOConfig, ro: Rollout, sc: Scored, device) -> torch.Tensor:
     return m
 
 
-def box_end_positions(bundle, ro: Rollout) -> torch.Tensor:
-    """Long[B]: index of the response token that closes the LAST written box (``]``), -1 when there is none."""
-    tok = bundle.tokenizer
-    out = torch.full((len(ro.texts),), -1, dtype=torch.long)
-    for b in range(len(ro.texts)):
+def box_spans(bundle, ro: Rollout, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(in_box, after_box) Bool[B, L] over the response positions (``umedfast.model.box_token_spans``)."""
+    shape = ro.response_ids.shape
+    in_box = torch.zeros(shape, dtype=torch.bool)
+    after = torch.zeros(shape, dtype=torch.bool)
+    for b in range(shape[0]):
         n = int(ro.response_mask[b].sum())
-        ids = ro.response_ids[b, :n].tolist()
-        text = tok.decode(ids, skip_special_tokens=False)
-        close = text.rfind("]")
-        if close < 0:
-            continue
-        for i in range(n):  # first prefix whose decoded text reaches past the bracket
-            if len(tok.decode(ids[:i + 1], skip_special_tokens=False)) > close:
-                out[b] = i
-                break
-    return out
+        ib, ab = box_token_spans(bundle.tokenizer, ro.response_ids[b, :n])
+        in_box[b, :n], after[b, :n] = torch.tensor(ib, dtype=torch.bool), torch.tensor(ab, dtype=torch.bool)
+    return in_box.to(device), after.to(device)
 
 
-def split_box_reward(rewards: torch.Tensor, mask: torch.Tensor, box_end: torch.Tensor, box_part: torch.Tensor):
-    """Move ``box_part`` Float[B] of the sequence reward (on the last response token of ``rewards`` Float[B, L],
-    response ``mask`` [B, L]) onto the box's closing token ``box_end`` Long[B] and cut the return there ->
-    (rewards, cut Bool[B, L]). Rows without a box (-1), or whose box closes the answer, are unchanged. GAE then
-    gives the box tokens the ALR return and the later (class) tokens the rest, so the box tokens stop absorbing
-    the variance of the class outcome that follows them."""
-    r = rewards.clone()
-    cut = torch.zeros_like(r, dtype=torch.bool)
-    last = last_token_index(mask)
-    for b in (box_end >= 0).nonzero().flatten().tolist():
-        e, end = int(box_end[b]), int(last[b])
-        if e >= end:
-            continue
-        r[b, end] -= box_part[b]
-        r[b, e] += box_part[b]
-        cut[b, e] = True
-    return r, cut
+def span_gains(p: PPOConfig, sc: Scored, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """(box_gain, rest_gain) Float[B]: each candidate's localization part (weighted, normalized ALR) and the rest of
+    its sequence reward, each minus its query's baseline for that part: the greedy anchor's part
+    (``baseline=greedy``), else the leave-one-out mean of the other K-1 candidates."""
+    alr = sc.rewards.combined.alr.to(sc.seq_reward)
+    rest = sc.seq_reward - alr
+    if p.baseline == "greedy":
+        a_alr = sc.rewards.anchor_alr.to(alr)
+        a_rest = sequence_reward(p, sc.rewards.anchor_total, ro.anchor.truncated).to(alr) - a_alr
+        return alr - a_alr.repeat_interleave(p.k), rest - a_rest.repeat_interleave(p.k)
+
+    def loo(x):
+        g = x.view(-1, p.k)
+        return (g - (g.sum(1, keepdim=True) - g) / max(1, p.k - 1)).flatten()
+    return loo(alr), loo(rest)
 
 
 def anchored_values(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float, k: int,
@@ -249,19 +240,22 @@ def advantages(st: PPOState, ro: Rollout, sc: Scored) -> tuple[torch.Tensor, tor
 
     GAE: per-token reward ``-kl_coef * k1_t`` plus the sequence reward on the last token (``kl_estimator`` must be
     k1 or k2 here; validate() refuses k3), GAE(gamma, lam) over the critic's values, whitened over the response
-    tokens of all ranks. GRPO / RLOO: the group baseline, broadcast over tokens (KL then enters the loss as k3).
+    tokens of all ranks. ``span_advantages``: the box tokens and the tokens after the first box are then
+    re-credited with their own part of the reward (``umedfast.rl.span_advantages``). GRPO / RLOO: the group
+    baseline, broadcast over tokens (KL then enters the loss as k3).
     """
     p, mask = st.cfg, ro.response_mask.to(st.device)
     if p.advantage == "gae":
         r = token_rewards(sc.seq_reward, sc.kl, mask, p.kl_coef)
-        cut = None
-        if p.span_advantages:  # the box span is credited with ALR only, the tokens after it with the rest
-            r, cut = split_box_reward(r, mask, box_end_positions(st.bundle, ro), sc.rewards.combined.alr.to(r.device))
-        adv, ret = gae_advantages(r, sc.old_v, mask, p.gamma, p.lam, cut=cut)
+        adv, ret = gae_advantages(r, sc.old_v, mask, p.gamma, p.lam)
         if p.baseline != "critic":  # the policy's advantages against a per-query baseline; the critic keeps
             anchor = None if ro.anchor is None else sequence_reward(p, sc.rewards.anchor_total, ro.anchor.truncated)
             v = anchored_values(sc.old_v, r, mask, p.gamma, p.k, p.baseline, anchor)  # (the critic keeps its returns)
-            adv = gae_advantages(r, v, mask, p.gamma, p.lam, cut=cut)[0]
+            adv = gae_advantages(r, v, mask, p.gamma, p.lam)[0]
+        if p.span_advantages:  # box tokens: the localization reward only; tokens after the first box: the rest
+            in_box, after = box_spans(st.bundle, ro, st.device)
+            box_gain, rest_gain = span_gains(p, sc, ro)
+            adv = span_advantages(adv, -p.kl_coef * sc.kl, mask, in_box, after, box_gain.to(adv), rest_gain.to(adv))
         if p.whiten_advantages:
             # a per-query baseline (group, greedy) already centres each query; re-centring on the batch mean would
             # move the greedy anchor's zero (an answer as good as greedy would again be pushed up)

@@ -38,6 +38,7 @@ class RolloutRewards(RawRewards):
 
     combined: CombinedReward
     anchor_total: torch.Tensor | None = None  # Float[Q]: the greedy anchor's combined reward (ppo.baseline=greedy)
+    anchor_alr: torch.Tensor | None = None  # Float[Q]: its weighted, normalized ALR part (span advantages)
 
 
 VRR_QUERIES = get_args(VRRQuery)
@@ -149,17 +150,18 @@ def score_rollout(bundle, ro: Rollout, judge, cfg: RewardsConfig, k: int, *,
     reward whose weight is 0 is not computed (ablations cost nothing).
 
     With a greedy anchor (``ro.anchor``, ``ppo.baseline=greedy``) the anchor joins its query's group for the ALR /
-    VRR max-normalization (K+1 rows) and its combined reward comes back as ``anchor_total`` Float[Q]."""
+    VRR max-normalization (K+1 rows) and its combined reward comes back as ``anchor_total`` Float[Q] (its ALR
+    part as ``anchor_alr``)."""
     raw = raw_rewards(bundle, ro, judge, cfg, box_format)
-    anchor_total = None
+    anchor_total = anchor_alr = None
     if ro.anchor is not None:
         both = _combine(with_anchor(raw, raw_rewards(bundle, ro.anchor, judge, cfg, box_format), k), k + 1, cfg)
         rows = torch.arange(len(ro.texts) + len(ro.anchor.texts)).view(-1, k + 1)
         cand, anc = rows[:, :k].flatten(), rows[:, k]
         comb = CombinedReward(*(getattr(both, f)[cand] for f in ("total", "llm", "alr", "vrr", "format")),
                               both.nonfinite)
-        anchor_total = both.total[anc]
+        anchor_total, anchor_alr = both.total[anc], both.alr[anc]
     else:
         comb = _combine(raw, k, cfg)
     return RolloutRewards(raw.r_llm, raw.alr, raw.iou, raw.format_ok, raw.vrr, raw.class_written, comb,
-                          anchor_total)
+                          anchor_total, anchor_alr)
