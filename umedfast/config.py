@@ -63,6 +63,8 @@ class DataConfig:
     synth_seed: int = 0                 # MAU-Synth: generator seed
     synth_eval_n: int = 0               # MAU-Synth: extra evaluation-only images (seed synth_seed + 1, every one
                                         # held out) replacing the test split for eval.json; 0 = the test split
+    synth_ppo_n: int = 0                # MAU-Synth: fresh images (seed synth_seed + 2) that stage 2 samples its
+                                        # queries from instead of SFT's training images; 0 = SFT's training split
     synth_image_size: int = 112         # MAU-Synth: image side in pixels
     style: AnswerStyle = "compact"      # template answer style of MAU-Synth ("compact" ~40 tokens, "full")
     box_format: BoxFormatName = "norm1000"  # how boxes are written in text (umedfast.boxes.FORMATS)
@@ -370,6 +372,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (d.max_train >= 0 and d.max_eval >= 0, "data.max_train and data.max_eval must be >= 0 (0 = all)"),
         (bool(d.path) or d.synth_n >= 1, f"data.synth_n must be >= 1 (no data.path given), got {d.synth_n}"),
         (bool(d.path) or d.synth_image_size >= 32, f"data.synth_image_size must be >= 32, got {d.synth_image_size}"),
+        (d.synth_eval_n >= 0 and d.synth_ppo_n >= 0,
+         f"data.synth_eval_n and data.synth_ppo_n must be >= 0, got {d.synth_eval_n} and {d.synth_ppo_n}"),
+        (not (d.path and d.synth_ppo_n), "data.synth_ppo_n generates MAU-Synth query images; it cannot be combined "
+         "with data.path (stage 2 then samples the training split of data.path)"),
         (not m.lora or m.lora_r >= 1, f"model.lora_r must be >= 1, got {m.lora_r}"),
         (bool(m.name.strip()), "model.name is empty (tiny-llava, tiny-qwen2-vl or a local model directory)"),
         (cfg.judge.concurrency >= 1, f"judge.concurrency must be >= 1, got {cfg.judge.concurrency}"),

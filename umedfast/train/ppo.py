@@ -26,7 +26,7 @@ from umedfast.train.length_check import check_generation_cap
 from umedfast.train.lr_schedule import warmup_cosine
 from umedfast.train.metrics import MetricsLogger
 from umedfast.train.ppo_step import build_state, ppo_step
-from umedfast.train.run_data import load_records
+from umedfast.train.run_data import load_records, ppo_query_records
 from umedfast.train.runtime import resolve_device, seed_everything
 from umedfast.train.training_state import latest_checkpoint, load_training_state, save_training_state
 
@@ -42,6 +42,7 @@ def run_ppo(cfg: TrainConfig, d: Dist = Dist(), *, resume: bool = False, write_e
     # size samples the same candidates
     seed_everything(cfg.seed + 1000)
     train, held = load_records(cfg, d)
+    train = ppo_query_records(cfg, d, train)  # SFT's training records, or fresh ones (data.synth_ppo_n)
     st = build_state(cfg, d, device)
     if d.is_main:  # a truncated rollout loses its last steps (the class) and teaches the policy to write less
         check_generation_cap(st.bundle.tokenizer, train, p.max_new_tokens, "ppo.max_new_tokens")

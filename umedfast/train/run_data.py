@@ -53,15 +53,35 @@ def load_records(cfg: TrainConfig, d: Dist) -> tuple[list, list]:
     return train, held
 
 
-def synth_eval_records(cfg: TrainConfig, d: Dist) -> list:
-    """``data.synth_eval_n`` MAU-Synth images from another seed (``synth_seed + 1``), all held out, generated once
-    into OUTPUT/data_eval: a test set large enough for paired comparisons (~1,000 images) at no training cost."""
-    out = Path(cfg.output_dir) / "data_eval"
+def synth_set(cfg: TrainConfig, d: Dist, folder: str, n: int, seed: int) -> list:
+    """``n`` MAU-Synth records generated once (by the main rank) into OUTPUT/``folder`` with ``seed``."""
+    out = Path(cfg.output_dir) / folder
     path = out / synth.JSONL_NAME
     if d.is_main and not path.is_file():
-        synth.generate(cfg.data.synth_eval_n, out, seed=cfg.data.synth_seed + 1, image_size=cfg.data.synth_image_size,
-                       box_format=cfg.data.box_format, style=cfg.data.style, progress=cfg.progress)
+        synth.generate(n, out, seed=seed, image_size=cfg.data.synth_image_size, box_format=cfg.data.box_format,
+                       style=cfg.data.style, progress=cfg.progress)
     barrier(d)
     return read_mau(path)
 
 
+def synth_eval_records(cfg: TrainConfig, d: Dist) -> list:
+    """``data.synth_eval_n`` MAU-Synth images from another seed (``synth_seed + 1``), all held out, generated once
+    into OUTPUT/data_eval: a test set large enough for paired comparisons (~1,000 images) at no training cost."""
+    return synth_set(cfg, d, "data_eval", cfg.data.synth_eval_n, cfg.data.synth_seed + 1)
+
+
+def ppo_query_records(cfg: TrainConfig, d: Dist, train: list) -> list:
+    """The records stage 2 samples its queries from: ``train`` (the records SFT trained on), or with
+    ``data.synth_ppo_n`` that many fresh MAU-Synth images (seed ``synth_seed + 2``, OUTPUT/data_ppo) that SFT never
+    saw. Why fresh: on images SFT fitted for many epochs its answers are already right, so the rewards carry almost
+    no information the cross-entropy lacked (docs/experiments/2026-11-30-wave2-baselines-and-boxes.md)."""
+    if not cfg.data.synth_ppo_n or cfg.data.path:
+        return train
+    recs = synth_set(cfg, d, "data_ppo", cfg.data.synth_ppo_n, cfg.data.synth_seed + 2)
+    if cfg.data.max_train:
+        recs = recs[:cfg.data.max_train]
+    lost = missing_images(recs)
+    if lost:
+        raise UserError(f"{len(lost)} of the {len(recs)} stage-2 query records point to missing image files, "
+                        f"e.g. {lost[0].id} ({lost[0].image}); delete OUTPUT/data_ppo to regenerate it")
+    return recs
