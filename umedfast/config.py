@@ -35,6 +35,7 @@ GroupNorm = Literal["max", "none"]                      # umedfast.rewards.combi
 VRRQuery = Literal["producer", "token"]                 # umedfast.train.rollout_rewards.class_token_mask
 JudgeKind = Literal["rubric", "openai"]                 # umedfast.rewards.judge.make_judge
 GAEBaseline = Literal["critic", "group", "greedy"]      # umedfast.train.ppo_step.advantages
+QueryWeight = Literal["none", "inverse_mean"]           # umedfast.rl.advantages.inverse_mean_weights
 BoxFormatName = Literal[tuple(FORMATS)]                 # the names of umedfast.boxes.FORMATS (defined there)
 
 PARALLEL_MODES = get_args(Parallel)
@@ -127,6 +128,10 @@ class PPOConfig:
     span_advantages: bool = False       # GAE: the box tokens [..] get the ALR part of the reward only, the tokens
                                         # after the first box the rest (relevance, VRR, format), each against its
                                         # query's baseline for that part; tokens before the box keep the whole
+                                        # advantage (docs/training.md)
+    query_weight: QueryWeight = "none"  # "inverse_mean": each query's advantages divided by its K candidates' mean
+                                        # reward above the lowest reachable one, the gradient of sum_q log E[R_q]:
+                                        # queries the policy still gets wrong are not out-weighted (docs/training.md)
     vf_coef: float = 0.5                # c2: value loss weight
     ent_coef: float = 0.0               # c3: entropy bonus weight
     max_grad_norm: float = 1.0          # gradient clipping (<= 0 disables)
@@ -338,6 +343,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (p.baseline == "critic" or p.advantage == "gae",
          f"ppo.baseline={p.baseline} applies to advantage=gae (grpo/rloo already use a group baseline)"),
         (p.baseline != "group" or p.k >= 2, "ppo.baseline=group needs ppo.k >= 2 candidates per query"),
+        (p.query_weight == "none" or p.advantage == "gae", f"ppo.query_weight={p.query_weight} applies to advantage=gae"),
         (not (cfg.ppo.advantage == "gae" and cfg.ppo.kl_estimator == "k3"),  # issue 13: k3 as a reward has the
          "ppo.kl_estimator=k3 with advantage=gae is refused: use k1 (k3 belongs in the loss, grpo/rloo)"),  # wrong grad
         (cfg.ppo.k >= 1, "ppo.k must be >= 1"),

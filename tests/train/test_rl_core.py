@@ -335,3 +335,21 @@ def test_greedy_anchor_rollout_is_argmax_and_joins_the_reward_group(tiny):
     ro.anchor = rollout_from_texts(bundle, [r], [r.response])  # an anchor as good as the best candidate
     rw = score_rollout(bundle, ro, RubricJudge(), cfg, 2)
     assert rw.anchor_total.item() == pytest.approx(rw.combined.total[0].item())
+
+
+# ------------------------------------------------------------------------------------------------ query weights
+def test_inverse_mean_weights_restore_the_cross_entropy_balance():
+    """A binary decision, rewards 1 (right) / 0 (wrong): the plain policy gradient on the logit is p(1-p); with the
+    1/E[R] weight it is (1-p), the cross-entropy pull of a query the policy gets right with probability p."""
+    from umedfast.rl import inverse_mean_weights
+
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0])  # K = 4: query 0 right 1/4, query 1 right 3/4
+    w = inverse_mean_weights(r, 4, floor=0.0)
+    assert w.tolist() == [4.0] * 4 + [pytest.approx(4 / 3)] * 4
+    for p_right, wq in ((0.25, 4.0), (0.75, 4 / 3)):
+        plain = p_right * (1 - p_right)  # d E[R] / d logit
+        assert plain * wq == pytest.approx(1 - p_right)
+    # the floor shifts rewards that can be negative; a group at the floor is capped by min_mean, not divided by 0
+    assert inverse_mean_weights(torch.tensor([-0.3, -0.3]), 2, floor=-0.3).tolist() == [10.0, 10.0]
+    with pytest.raises(ConfigError, match="query_weight"):
+        load_config(None, ["ppo.query_weight=inverse_mean", "ppo.advantage=rloo", "ppo.baseline=critic"])

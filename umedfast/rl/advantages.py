@@ -82,6 +82,20 @@ def span_advantages(full: Tensor, kl_reward: Tensor, mask: Tensor, in_box: Tenso
     return out * m
 
 
+def inverse_mean_weights(seq_reward: Tensor, k: int, floor: float, min_mean: float = 0.1) -> Tensor:
+    """Float[B] -> Float[B]: ``1 / max(mean_K(r) - floor, min_mean)`` per query group, repeated over its K rows.
+
+    Scaling a query's policy-gradient terms by ``1 / E[R_q]`` turns the objective ``sum_q E[R_q]`` into
+    ``sum_q log E[R_q]`` (``floor``: the lowest reward reachable, so ``R - floor >= 0``). Why: for a binary decision
+    with success probability ``p``, the plain policy gradient on its logit is ``p (1 - p) * gap``, so a query the
+    policy mostly gets wrong (small ``p``: a rare class, e.g. a normal chest X-ray) pulls ``p / (1 - p)`` times less
+    than cross-entropy would, and over images it cannot yet tell apart the common answer wins ("rich get
+    richer"). With the ``1 / p`` factor each query pulls like its cross-entropy term ``(y - p)``."""
+    g = _groups(seq_reward, k)
+    w = 1.0 / (g.mean(dim=1) - floor).clamp_min(min_mean)
+    return w.repeat_interleave(k)
+
+
 def _groups(seq_reward: Tensor, k: int) -> Tensor:
     if seq_reward.numel() % k != 0:
         raise ValueError(f"batch of {seq_reward.numel()} rewards is not a multiple of the group size K={k}")
