@@ -343,7 +343,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (p.baseline == "critic" or p.advantage == "gae",
          f"ppo.baseline={p.baseline} applies to advantage=gae (grpo/rloo already use a group baseline)"),
         (p.baseline != "group" or p.k >= 2, "ppo.baseline=group needs ppo.k >= 2 candidates per query"),
-        (p.query_weight == "none" or p.advantage == "gae", f"ppo.query_weight={p.query_weight} applies to advantage=gae"),
+        (p.query_weight == "none" or p.advantage == "gae",
+         f"ppo.query_weight={p.query_weight} applies to advantage=gae"),
         (not (cfg.ppo.advantage == "gae" and cfg.ppo.kl_estimator == "k3"),  # issue 13: k3 as a reward has the
          "ppo.kl_estimator=k3 with advantage=gae is refused: use k1 (k3 belongs in the loss, grpo/rloo)"),  # wrong grad
         (cfg.ppo.k >= 1, "ppo.k must be >= 1"),

@@ -209,7 +209,7 @@ def test_vrr_query_producer_is_one_position_before_the_class_token(tiny):
 
 # ------------------------------------------------------------------------------------------------ span advantages
 def test_span_advantages_credit_each_span_with_its_part():
-    from umedfast.rl import reward_to_go, span_advantages
+    from umedfast.rl import span_advantages
 
     # 2 answers of 6 tokens: answer 0 = [pre, pre, box, box, after, after]; answer 1 writes no box (4 tokens)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], dtype=torch.float32)
@@ -217,7 +217,8 @@ def test_span_advantages_credit_each_span_with_its_part():
     after = torch.tensor([[0, 0, 0, 0, 1, 1], [0] * 6], dtype=torch.bool)
     full = torch.full((2, 6), 3.0) * mask
     kl_r = -0.1 * mask  # -kl_coef * kl_t
-    assert reward_to_go(kl_r, mask)[0].tolist() == pytest.approx([-0.6, -0.5, -0.4, -0.3, -0.2, -0.1])
+    kl_togo = gae_advantages(kl_r, torch.zeros_like(kl_r), mask, 1.0, 1.0)[0]  # what span_advantages adds
+    assert kl_togo[0].tolist() == pytest.approx([-0.6, -0.5, -0.4, -0.3, -0.2, -0.1])
     adv = span_advantages(full, kl_r, mask, in_box, after, torch.tensor([0.5, 9.0]), torch.tensor([-1.0, 9.0]))
     assert adv[0].tolist() == pytest.approx([3.0, 3.0, 0.5 - 0.4, 0.5 - 0.3, -1.0 - 0.2, -1.0 - 0.1])
     assert adv[1].tolist() == [3.0, 3.0, 3.0, 3.0, 0.0, 0.0]  # no box: the whole-answer advantage, padding 0

@@ -8,7 +8,6 @@ from umedfast.rl.advantages import (
     group_advantages,
     grpo_advantages,
     inverse_mean_weights,
-    reward_to_go,
     rloo_advantages,
     span_advantages,
     token_rewards,
@@ -18,5 +17,6 @@ from umedfast.rl.stats import masked_mean, masked_var, masked_whiten
 
 __all__ = [
     "masked_mean", "masked_var", "masked_whiten", "kl_penalty", "token_rewards", "gae_advantages",
-    "grpo_advantages", "inverse_mean_weights", "rloo_advantages", "reward_to_go", "span_advantages", "group_advantages", "policy_loss", "value_loss", "entropy_from_logits",
+    "grpo_advantages", "inverse_mean_weights", "rloo_advantages", "span_advantages", "group_advantages",
+    "policy_loss", "value_loss", "entropy_from_logits",
 ]

@@ -52,22 +52,16 @@ def gae_advantages(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float =
     return adv, (adv + values) * m
 
 
-def reward_to_go(rewards: Tensor, mask: Tensor) -> Tensor:
-    """Float[B, T] -> Float[B, T]: ``sum_{s >= t} rewards[:, s]`` over the response tokens (0 outside ``mask``)."""
-    r = rewards * mask.to(rewards.dtype)
-    return r.flip(1).cumsum(1).flip(1) * mask.to(rewards.dtype)
-
-
 def span_advantages(full: Tensor, kl_reward: Tensor, mask: Tensor, in_box: Tensor, after_box: Tensor,
-                    box_gain: Tensor, rest_gain: Tensor) -> Tensor:
+                    box_gain: Tensor, rest_gain: Tensor, gamma: float = 1.0) -> Tensor:
     """Credit each span of an answer with the part of the reward it can still change (causal credit assignment).
 
     ``full`` Float[B, T]: the whole-answer advantages (kept on the tokens before the first box: the Detection
     decision, how many findings, whether to write a box at all). ``in_box`` / ``after_box`` Bool[B, T]
     (``umedfast.model.box_token_spans``): the box tokens get ``box_gain`` Float[B] (the candidate's localization
     reward minus its query's baseline for it) and the tokens after the first box get ``rest_gain`` Float[B] (the
-    rest of the reward minus its baseline). Both add the KL reward still to come, ``kl_reward`` Float[B, T]
-    (per token, ``-kl_coef * kl_t``).
+    rest of the reward minus its baseline). Both add the KL reward still to come (discounted by ``gamma``),
+    ``kl_reward`` Float[B, T] (per token, ``-kl_coef * kl_t``).
 
     Why: the tokens after the boxes cannot change the boxes, so the localization reward is pure noise for the
     class they write, and the relevance / VRR outcome of the class is noise for the box coordinates (a box token
@@ -75,7 +69,7 @@ def span_advantages(full: Tensor, kl_reward: Tensor, mask: Tensor, in_box: Tenso
     first box keep the whole return: they choose whether a box is written. Returns Float[B, T], 0 outside ``mask``.
     """
     m = mask.to(full.dtype)
-    kl_togo = reward_to_go(kl_reward, mask)
+    kl_togo = gae_advantages(kl_reward, torch.zeros_like(kl_reward), mask, gamma, 1.0)[0]  # the return to go
     box = box_gain.to(full)[:, None] + kl_togo
     rest = rest_gain.to(full)[:, None] + kl_togo
     out = torch.where(in_box.bool(), box, torch.where(after_box.bool(), rest, full))

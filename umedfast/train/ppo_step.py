@@ -22,7 +22,7 @@ from umedfast.model import PolicyWithValue, ValueHead, adapters_disabled, box_to
 from umedfast.model.collate import select_rows
 from umedfast.rewards.judge import make_judge
 from umedfast.rl import (gae_advantages, group_advantages, inverse_mean_weights, kl_penalty, masked_mean,
-                         policy_loss, span_advantages, token_rewards, value_loss)
+                         policy_loss, rloo_advantages, span_advantages, token_rewards, value_loss)
 from umedfast.train.distributed import Dist, all_gather_floats, all_reduce_sum, use_fsdp, wrap_ddp
 from umedfast.train.fsdp import RootPolicyWithValue, scalar, shard_model, shard_small
 from umedfast.train.logprobs import policy_outputs, reference_logprobs
@@ -206,11 +206,7 @@ def span_gains(p: PPOConfig, sc: Scored, ro: Rollout) -> tuple[torch.Tensor, tor
         a_alr = sc.rewards.anchor_alr.to(alr)
         a_rest = sequence_reward(p, sc.rewards.anchor_total, ro.anchor.truncated).to(alr) - a_alr
         return alr - a_alr.repeat_interleave(p.k), rest - a_rest.repeat_interleave(p.k)
-
-    def loo(x):
-        g = x.view(-1, p.k)
-        return (g - (g.sum(1, keepdim=True) - g) / max(1, p.k - 1)).flatten()
-    return loo(alr), loo(rest)
+    return rloo_advantages(alr, p.k), rloo_advantages(rest, p.k)
 
 
 def anchored_values(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float, k: int,
@@ -255,7 +251,8 @@ def advantages(st: PPOState, ro: Rollout, sc: Scored) -> tuple[torch.Tensor, tor
         if p.span_advantages:  # box tokens: the localization reward only; tokens after the first box: the rest
             in_box, after = box_spans(st.bundle, ro, st.device)
             box_gain, rest_gain = span_gains(p, sc, ro)
-            adv = span_advantages(adv, -p.kl_coef * sc.kl, mask, in_box, after, box_gain.to(adv), rest_gain.to(adv))
+            adv = span_advantages(adv, -p.kl_coef * sc.kl, mask, in_box, after, box_gain.to(adv), rest_gain.to(adv),
+                                  gamma=p.gamma)
         if p.query_weight == "inverse_mean":  # sum_q log E[R_q]: rare / still-wrong queries keep their pull
             floor = -(st.rewards.format_penalty + p.truncation_penalty)
             adv = adv * inverse_mean_weights(sc.seq_reward, p.k, floor).to(adv)[:, None]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from umedfast.config import TrainConfig
 from umedfast.data import read_mau, splits, synth
-from umedfast.data.records import missing_images
+from umedfast.data.records import check_images
 from umedfast.errors import MissingPathError, UserError
 from umedfast.train.distributed import Dist, barrier
 
@@ -45,11 +45,7 @@ def load_records(cfg: TrainConfig, d: Dist) -> tuple[list, list]:
     if not train:
         raise UserError(f"no training records in {path} (split 'train'"
                         + (f", generalization {gen}" if gen else "") + f"; {len(records)} records in the file)")
-    lost = missing_images(train + held)
-    if lost:
-        names = ", ".join(f"{r.id} ({r.image})" for r in lost[:3])
-        raise UserError(f"{len(lost)} of {len(train) + len(held)} records in {path} point to missing image files, "
-                        f"e.g. {names}" + (f" and {len(lost) - 3} more" if len(lost) > 3 else ""))
+    check_images(train + held, path)
     return train, held
 
 
@@ -80,8 +76,5 @@ def ppo_query_records(cfg: TrainConfig, d: Dist, train: list) -> list:
     recs = synth_set(cfg, d, "data_ppo", cfg.data.synth_ppo_n, cfg.data.synth_seed + 2)
     if cfg.data.max_train:
         recs = recs[:cfg.data.max_train]
-    lost = missing_images(recs)
-    if lost:
-        raise UserError(f"{len(lost)} of the {len(recs)} stage-2 query records point to missing image files, "
-                        f"e.g. {lost[0].id} ({lost[0].image}); delete OUTPUT/data_ppo to regenerate it")
+    check_images(recs, Path(cfg.output_dir) / "data_ppo" / synth.JSONL_NAME)
     return recs
