@@ -130,13 +130,15 @@ def _unit_scale(fmt: str, image_size) -> tuple[float, float] | None:
         return None
 
 
-def parse_boxes(text, fmt: str = DEFAULT_FORMAT, *, image_size=None) -> list[Box]:
-    """Every box written in ``text``, in order of appearance, as unit xyxy tuples. Never raises.
+Span = tuple[int, int]
 
-    Returns [] for non-string input, an unknown format, ``qwen25_abs`` without a valid ``image_size``, or text with
-    no box. Corners are swapped when inverted and clamped to [0, 1]; a box with NaN/inf (or an overflowing number)
-    is dropped.
-    """
+
+def parse_boxes_with_spans(text, fmt: str = DEFAULT_FORMAT, *, image_size=None) -> list[tuple[Box, tuple[Span, ...]]]:
+    """Like :func:`parse_boxes`, with where each coordinate is written: ``[(box, (sx1, sy1, sx2, sy2)), ...]``, each
+    ``s*`` the ``(start, end)`` character span in ``text`` of the number that gave that corner of the (ordered,
+    clamped) box. Inverted corners swap their spans with their values. Never raises.
+
+    Used to credit the tokens of each coordinate with that coordinate's own error (``ppo.coord_advantages``)."""
     try:
         if not isinstance(text, str):
             return []
@@ -144,23 +146,38 @@ def parse_boxes(text, fmt: str = DEFAULT_FORMAT, *, image_size=None) -> list[Box
         if scale is None:
             return []
         sx, sy = scale
-        out: list[Box] = []
+        out: list[tuple[Box, tuple[Span, ...]]] = []
         for m in _BOX_RE.finditer(text):
             if m.group(0)[0] not in "[({<" and _AFTER_NUMBER_RE.search(text, 0, m.start()):
                 continue
-            nums = [g for g in m.groups() if g is not None]
-            if len(nums) != 4:  # cannot happen with the patterns above; be defensive anyway
+            idx = [g for g in range(1, (m.re.groups or 0) + 1) if m.group(g) is not None]
+            if len(idx) != 4:  # cannot happen with the patterns above; be defensive anyway
                 continue
-            vals = [float(t) for t in nums]
+            vals = [float(m.group(g)) for g in idx]
             if not all(math.isfinite(v) for v in vals):
                 continue
             x1, y1, x2, y2 = vals[0] / sx, vals[1] / sy, vals[2] / sx, vals[3] / sy
             if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
                 continue
-            out.append(clip_box01((x1, y1, x2, y2)))
+            spans = [m.span(g) for g in idx]
+            if x1 > x2:
+                spans[0], spans[2] = spans[2], spans[0]
+            if y1 > y2:
+                spans[1], spans[3] = spans[3], spans[1]
+            out.append((clip_box01((x1, y1, x2, y2)), tuple(spans)))
         return out
     except Exception:  # noqa: BLE001 - the contract is "never raises" on arbitrary model output
         return []
+
+
+def parse_boxes(text, fmt: str = DEFAULT_FORMAT, *, image_size=None) -> list[Box]:
+    """Every box written in ``text``, in order of appearance, as unit xyxy tuples. Never raises.
+
+    Returns [] for non-string input, an unknown format, ``qwen25_abs`` without a valid ``image_size``, or text with
+    no box. Corners are swapped when inverted and clamped to [0, 1]; a box with NaN/inf (or an overflowing number)
+    is dropped.
+    """
+    return [box for box, _ in parse_boxes_with_spans(text, fmt, image_size=image_size)]
 
 
 def parse_box(text, fmt: str = DEFAULT_FORMAT, *, image_size=None) -> Box | None:
@@ -215,6 +232,6 @@ def unit_to_pixels(box01: Sequence[float], image_size) -> Box:
 
 __all__ = [
     "Box", "BoxFormat", "FORMATS", "DEFAULT_FORMAT", "clip_box01", "format_box", "format_boxes", "parse_boxes",
-    "parse_box", "quantization_step", "xywh_to_xyxy", "xyxy_to_xywh", "yolo_to_xyxy", "pixels_to_unit",
+    "parse_boxes_with_spans", "parse_box", "quantization_step", "xywh_to_xyxy", "xyxy_to_xywh", "yolo_to_xyxy", "pixels_to_unit",
     "unit_to_pixels",
 ]

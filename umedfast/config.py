@@ -129,6 +129,9 @@ class PPOConfig:
                                         # after the first box the rest (relevance, VRR, format), each against its
                                         # query's baseline for that part; tokens before the box keep the whole
                                         # advantage (docs/training.md)
+    coord_advantages: bool = False      # GAE: the tokens of each box coordinate get that coordinate's own error
+                                        # against its query's baseline (greedy answer, else the group), in IoU
+                                        # units, instead of the whole answer's advantage (docs/training.md)
     query_weight: QueryWeight = "none"  # "inverse_mean": each query's advantages divided by its K candidates' mean
                                         # reward above the lowest reachable one, the gradient of sum_q log E[R_q]:
                                         # queries the policy still gets wrong are not out-weighted (docs/training.md)
@@ -345,6 +348,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (p.baseline != "group" or p.k >= 2, "ppo.baseline=group needs ppo.k >= 2 candidates per query"),
         (p.query_weight == "none" or p.advantage == "gae",
          f"ppo.query_weight={p.query_weight} applies to advantage=gae"),
+        (not (p.span_advantages or p.coord_advantages) or p.advantage == "gae",
+         "ppo.span_advantages / ppo.coord_advantages apply to advantage=gae (per-token credit needs token advantages)"),
+        (not p.coord_advantages or r.w_alr > 0, "ppo.coord_advantages needs rewards.w_alr > 0 (it credits box errors)"),
         (not (cfg.ppo.advantage == "gae" and cfg.ppo.kl_estimator == "k3"),  # issue 13: k3 as a reward has the
          "ppo.kl_estimator=k3 with advantage=gae is refused: use k1 (k3 belongs in the loss, grpo/rloo)"),  # wrong grad
         (cfg.ppo.k >= 1, "ppo.k must be >= 1"),

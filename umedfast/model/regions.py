@@ -7,6 +7,7 @@
 - :func:`phrase_token_positions`: indices of the tokens that spell a phrase, found on decoded text, so it works on
   generated ids (no offsets mapping from a fresh tokenization needed).
 - :func:`box_token_spans`: which response tokens write a box ``[...]`` and which come after the first box.
+- :func:`coordinate_token_slots`: which response tokens spell which coordinate of which box.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import re
 from typing import Sequence
 
 import torch
+
+from umedfast.boxes import parse_boxes_with_spans
 
 Box = Sequence[float]
 _EPS = 1e-6  # a patch that only touches the box edge does not overlap it
@@ -135,6 +138,26 @@ def box_token_spans(tokenizer, token_ids: Sequence[int]) -> tuple[list[bool], li
         after.append(not box and hi > lo and lo >= first)
         lo = hi
     return in_box, after
+
+
+def coordinate_token_slots(tokenizer, token_ids: Sequence[int], box_format: str, image_size=None
+                           ) -> tuple[list, list[int]]:
+    """(boxes, slots) of one response: the boxes it writes (``umedfast.boxes.parse_boxes``, unit xyxy, in order) and
+    for each token ``4 * j + c`` when it spells coordinate ``c`` (x1, y1, x2, y2) of box ``j``, else -1.
+
+    Used by coordinate advantages (``ppo.coord_advantages``): each coordinate's tokens are credited with that
+    coordinate's own error. A token overlapping two numbers (a merged ",4") takes the first."""
+    ids = _id_list(token_ids)
+    if not ids:
+        return [], []
+    text, ends = decoded_char_ends(tokenizer, ids)
+    parsed = parse_boxes_with_spans(text, box_format, image_size=image_size)
+    spans = [(s, e, 4 * j + c) for j, (_, sp) in enumerate(parsed) for c, (s, e) in enumerate(sp)]
+    slots, lo = [], 0
+    for hi in ends:
+        slots.append(next((slot for s, e, slot in spans if hi > lo and lo < e and hi > s), -1))
+        lo = hi
+    return [box for box, _ in parsed], slots
 
 
 def phrase_token_positions(tokenizer, token_ids: Sequence[int], phrase: str) -> list[int]:

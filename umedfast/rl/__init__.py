@@ -4,6 +4,7 @@ Every function is a small, side-effect-free tensor function, unit-tested on numb
 loop in ``umedfast.train.ppo`` only calls them.
 """
 from umedfast.rl.advantages import (
+    credit_tokens,
     gae_advantages,
     group_advantages,
     grpo_advantages,
@@ -17,6 +18,7 @@ from umedfast.rl.stats import masked_mean, masked_var, masked_whiten
 
 __all__ = [
     "masked_mean", "masked_var", "masked_whiten", "kl_penalty", "token_rewards", "gae_advantages",
-    "grpo_advantages", "inverse_mean_weights", "rloo_advantages", "span_advantages", "group_advantages",
+    "grpo_advantages", "inverse_mean_weights", "rloo_advantages", "span_advantages", "credit_tokens",
+    "group_advantages",
     "policy_loss", "value_loss", "entropy_from_logits",
 ]

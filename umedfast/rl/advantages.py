@@ -68,12 +68,18 @@ def span_advantages(full: Tensor, kl_reward: Tensor, mask: Tensor, in_box: Tenso
     credited with VRR learns whatever raises the class tokens' attention, e.g. a wider box). Tokens before the
     first box keep the whole return: they choose whether a box is written. Returns Float[B, T], 0 outside ``mask``.
     """
-    m = mask.to(full.dtype)
+    shape = full.shape
+    out = credit_tokens(full, kl_reward, mask, after_box, rest_gain.to(full)[:, None].expand(shape), gamma)
+    return credit_tokens(out, kl_reward, mask, in_box, box_gain.to(full)[:, None].expand(shape), gamma)
+
+
+def credit_tokens(adv: Tensor, kl_reward: Tensor, mask: Tensor, where: Tensor, gain: Tensor,
+                  gamma: float = 1.0) -> Tensor:
+    """Float[B, T]: ``adv`` with the tokens in ``where`` Bool[B, T] re-credited with ``gain`` Float[B, T] plus the
+    KL reward still to come from each token on (``kl_reward`` Float[B, T] = ``-kl_coef * kl_t``, discounted by
+    ``gamma``); 0 outside ``mask``. The one place span and coordinate advantages replace a token's credit."""
     kl_togo = gae_advantages(kl_reward, torch.zeros_like(kl_reward), mask, gamma, 1.0)[0]  # the return to go
-    box = box_gain.to(full)[:, None] + kl_togo
-    rest = rest_gain.to(full)[:, None] + kl_togo
-    out = torch.where(in_box.bool(), box, torch.where(after_box.bool(), rest, full))
-    return out * m
+    return torch.where(where.bool(), gain.to(adv) + kl_togo, adv) * mask.to(adv.dtype)
 
 
 def inverse_mean_weights(seq_reward: Tensor, k: int, floor: float, min_mean: float = 0.1) -> Tensor:

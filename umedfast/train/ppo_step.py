@@ -21,8 +21,9 @@ from umedfast.config import PPOConfig, RewardsConfig, TrainConfig
 from umedfast.model import PolicyWithValue, ValueHead, adapters_disabled, box_token_spans, hidden_size
 from umedfast.model.collate import select_rows
 from umedfast.rewards.judge import make_judge
-from umedfast.rl import (gae_advantages, group_advantages, inverse_mean_weights, kl_penalty, masked_mean,
-                         policy_loss, rloo_advantages, span_advantages, token_rewards, value_loss)
+from umedfast.rl import (credit_tokens, gae_advantages, group_advantages, inverse_mean_weights, kl_penalty,
+                         masked_mean, policy_loss, rloo_advantages, span_advantages, token_rewards, value_loss)
+from umedfast.train.coordinate_credit import coordinate_gains
 from umedfast.train.distributed import Dist, all_gather_floats, all_reduce_sum, use_fsdp, wrap_ddp
 from umedfast.train.fsdp import RootPolicyWithValue, scalar, shard_model, shard_small
 from umedfast.train.logprobs import policy_outputs, reference_logprobs
@@ -253,6 +254,10 @@ def advantages(st: PPOState, ro: Rollout, sc: Scored) -> tuple[torch.Tensor, tor
             box_gain, rest_gain = span_gains(p, sc, ro)
             adv = span_advantages(adv, -p.kl_coef * sc.kl, mask, in_box, after, box_gain.to(adv), rest_gain.to(adv),
                                   gamma=p.gamma)
+        if p.coord_advantages:  # each coordinate's tokens: its own error against the query's baseline
+            gain, where = coordinate_gains(st.bundle.tokenizer, ro, p.k, st.box_format, st.rewards.w_alr,
+                                           p.baseline == "greedy")
+            adv = credit_tokens(adv, -p.kl_coef * sc.kl, mask, where.to(st.device), gain.to(adv), gamma=p.gamma)
         if p.query_weight == "inverse_mean":  # sum_q log E[R_q]: rare / still-wrong queries keep their pull
             floor = -(st.rewards.format_penalty + p.truncation_penalty)
             adv = adv * inverse_mean_weights(sc.seq_reward, p.k, floor).to(adv)[:, None]
