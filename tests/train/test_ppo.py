@@ -29,7 +29,8 @@ def test_global_whiten_one_rank_matches_masked_whiten():
 
 
 @pytest.mark.slow  # end to end: trains through the CLI
-@pytest.mark.parametrize("extra", [["--advantage", "gae", "rewards.giou_weight=0.5", "rewards.format_penalty=0.1"],
+@pytest.mark.parametrize("extra", [["--advantage", "gae", "rewards.giou_weight=0.5", "rewards.format_penalty=0.1",
+                                    "ppo.span_advantages=true", "ppo.coord_advantages=true"],
                                    ["--advantage", "rloo", "--no-vrr", "model.lora=true", "model.lora_r=4"]])
 def test_ppo_runs_checkpoints_and_resumes(tmp_path, extra):
     out = tmp_path / "run"
