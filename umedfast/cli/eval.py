@@ -83,12 +83,9 @@ def cmd_run(a) -> int:
         records = records[: a.limit]
     if not records:
         raise SystemExit(f"no records in {a.data} for split={a.split} generalization={a.generalization}")
-    from umedfast.data.records import missing_images
+    from umedfast.data.records import check_images
 
-    lost = missing_images(records)
-    if lost:  # checked before any model is loaded
-        raise SystemExit(f"{len(lost)} of {len(records)} records in {a.data} point to missing image files, e.g. "
-                         + ", ".join(f"{r.id} ({r.image})" for r in lost[:3]))
+    check_images(records, a.data)  # before any model is loaded
     judge = None
     if a.judge:
         from umedfast.eval.judged import make_eval_judge
