@@ -132,6 +132,8 @@ class PPOConfig:
     coord_advantages: bool = False      # GAE: the tokens of each box coordinate get that coordinate's own error
                                         # against its query's baseline (greedy answer, else the group), in IoU
                                         # units, instead of the whole answer's advantage (docs/training.md)
+    coord_scale: float = 1.0            # coordinate advantages times this (the errors are in w_alr * IoU units);
+                                        # > 1 moves the boxes faster than the answer's other tokens
     query_weight: QueryWeight = "none"  # "inverse_mean": each query's advantages divided by its K candidates' mean
                                         # reward above the lowest reachable one, the gradient of sum_q log E[R_q]:
                                         # queries the policy still gets wrong are not out-weighted (docs/training.md)
@@ -351,6 +353,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (not (p.span_advantages or p.coord_advantages) or p.advantage == "gae",
          "ppo.span_advantages / ppo.coord_advantages apply to advantage=gae (per-token credit needs token advantages)"),
         (not p.coord_advantages or r.w_alr > 0, "ppo.coord_advantages needs rewards.w_alr > 0 (it credits box errors)"),
+        (p.coord_scale > 0, f"ppo.coord_scale must be > 0, got {p.coord_scale}"),
         (not (cfg.ppo.advantage == "gae" and cfg.ppo.kl_estimator == "k3"),  # issue 13: k3 as a reward has the
          "ppo.kl_estimator=k3 with advantage=gae is refused: use k1 (k3 belongs in the loss, grpo/rloo)"),  # wrong grad
         (cfg.ppo.k >= 1, "ppo.k must be >= 1"),

@@ -126,3 +126,6 @@ def test_coordinate_advantages_are_refused_where_they_cannot_apply(tmp_path):
     cfg.write_text("ppo:\n  coord_advantages: true\nrewards:\n  w_alr: 0\n")
     with pytest.raises(ConfigError, match="w_alr"):
         load_config(str(cfg))
+    cfg.write_text("ppo:\n  coord_advantages: true\n  coord_scale: -1\n")
+    with pytest.raises(ConfigError, match="coord_scale"):
+        load_config(str(cfg))

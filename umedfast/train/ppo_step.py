@@ -255,8 +255,8 @@ def advantages(st: PPOState, ro: Rollout, sc: Scored) -> tuple[torch.Tensor, tor
             adv = span_advantages(adv, -p.kl_coef * sc.kl, mask, in_box, after, box_gain.to(adv), rest_gain.to(adv),
                                   gamma=p.gamma)
         if p.coord_advantages:  # each coordinate's tokens: its own error against the query's baseline
-            gain, where = coordinate_gains(st.bundle.tokenizer, ro, p.k, st.box_format, st.rewards.w_alr,
-                                           p.baseline == "greedy")
+            gain, where = coordinate_gains(st.bundle.tokenizer, ro, p.k, st.box_format,
+                                           st.rewards.w_alr * p.coord_scale, p.baseline == "greedy")
             adv = credit_tokens(adv, -p.kl_coef * sc.kl, mask, where.to(st.device), gain.to(adv), gamma=p.gamma)
         if p.query_weight == "inverse_mean":  # sum_q log E[R_q]: rare / still-wrong queries keep their pull
             floor = -(st.rewards.format_penalty + p.truncation_penalty)
