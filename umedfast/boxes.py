@@ -232,6 +232,6 @@ def unit_to_pixels(box01: Sequence[float], image_size) -> Box:
 
 __all__ = [
     "Box", "BoxFormat", "FORMATS", "DEFAULT_FORMAT", "clip_box01", "format_box", "format_boxes", "parse_boxes",
-    "parse_boxes_with_spans", "parse_box", "quantization_step", "xywh_to_xyxy", "xyxy_to_xywh", "yolo_to_xyxy", "pixels_to_unit",
-    "unit_to_pixels",
+    "parse_boxes_with_spans", "parse_box", "quantization_step", "xywh_to_xyxy", "xyxy_to_xywh", "yolo_to_xyxy",
+    "pixels_to_unit", "unit_to_pixels",
 ]

@@ -238,8 +238,9 @@ def advantages(st: PPOState, ro: Rollout, sc: Scored) -> tuple[torch.Tensor, tor
     GAE: per-token reward ``-kl_coef * k1_t`` plus the sequence reward on the last token (``kl_estimator`` must be
     k1 or k2 here; validate() refuses k3), GAE(gamma, lam) over the critic's values, whitened over the response
     tokens of all ranks. ``span_advantages``: the box tokens and the tokens after the first box are then
-    re-credited with their own part of the reward (``umedfast.rl.span_advantages``). GRPO / RLOO: the group
-    baseline, broadcast over tokens (KL then enters the loss as k3).
+    re-credited with their own part of the reward (``umedfast.rl.span_advantages``); ``coord_advantages``: the
+    tokens of each box coordinate with that coordinate's own error (``umedfast.train.coordinate_credit``). GRPO /
+    RLOO: the group baseline, broadcast over tokens (KL then enters the loss as k3).
     """
     p, mask = st.cfg, ro.response_mask.to(st.device)
     if p.advantage == "gae":
