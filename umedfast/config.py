@@ -33,6 +33,7 @@ Advantage = Literal["gae", "grpo", "rloo"]              # umedfast.rl.advantages
 KLEstimator = Literal["k1", "k2", "k3"]                 # umedfast.rl.losses.kl_penalty
 GroupNorm = Literal["max", "none"]                      # umedfast.rewards.combine.group_normalize
 VRRQuery = Literal["producer", "token"]                 # umedfast.train.rollout_rewards.class_token_mask
+VRRMentions = Literal["all", "first"]                   # umedfast.train.rollout_rewards.class_token_mask
 JudgeKind = Literal["rubric", "openai"]                 # umedfast.rewards.judge.make_judge
 GAEBaseline = Literal["critic", "group", "greedy"]      # umedfast.train.ppo_step.advantages
 QueryWeight = Literal["none", "inverse_mean"]           # umedfast.rl.advantages.inverse_mean_weights
@@ -162,6 +163,8 @@ class RewardsConfig:
     vrr_normal_credit: bool = True      # normal image: full VRR for answering "normal" with no box (reward parity)
     vrr_query: VRRQuery = "producer"    # VRR query of a class token: "producer" (the position that predicted it,
                                         # one earlier) or "token" (its own position); rewards/vrr.py, docs/training.md
+    vrr_mentions: VRRMentions = "all"   # VRR over every mention of a ground-truth class ("all") or its first one:
+                                        # "first" stops a repeated finding from raising VRR (docs/training.md)
 
 
 @dataclass

@@ -160,8 +160,9 @@ def coordinate_token_slots(tokenizer, token_ids: Sequence[int], box_format: str,
     return [box for box, _ in parsed], slots
 
 
-def phrase_token_positions(tokenizer, token_ids: Sequence[int], phrase: str) -> list[int]:
-    """Sorted indices into ``token_ids`` of every token overlapping an occurrence of ``phrase`` (case-insensitive).
+def phrase_token_positions(tokenizer, token_ids: Sequence[int], phrase: str, first_only: bool = False) -> list[int]:
+    """Sorted indices into ``token_ids`` of every token overlapping an occurrence of ``phrase`` (case-insensitive;
+    ``first_only``: of its first occurrence only).
 
     Character spans come from decoding growing prefixes, so byte-level/sentencepiece pieces, leading spaces and
     generated ids all work. A token that only carries the space before the phrase is not counted.
@@ -181,5 +182,5 @@ def phrase_token_positions(tokenizer, token_ids: Sequence[int], phrase: str) -> 
             if lo < stop and hi > start and hi > lo:
                 out.add(i)
             lo = hi
-        start = text.find(needle, start + 1)
+        start = -1 if first_only else text.find(needle, start + 1)
     return sorted(out)
