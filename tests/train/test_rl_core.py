@@ -207,6 +207,32 @@ def test_vrr_query_producer_is_one_position_before_the_class_token(tiny):
         class_token_mask(bundle, ro, labels, "next")
 
 
+def test_vrr_first_mention_reads_each_class_once(tiny):
+    from umedfast.model import phrase_token_positions
+    from umedfast.train.rollout_rewards import class_token_mask
+    from umedfast.train.rollout import rollout_from_texts
+
+    recs, bundle, _ = tiny
+    tok = bundle.tokenizer
+    rec = next(r for r in recs if len(r.findings) == 1)
+    lab = rec.findings[0]["label"]
+    text = (f"Detection: two abnormal regions. Localization: first, [100,100,300,300]. Localization: second, "
+            f"[110,100,300,310]. Recognition: first, {lab}. Recognition: second, {lab}.")
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    every = phrase_token_positions(tok, ids, lab)
+    first = phrase_token_positions(tok, ids, lab, first_only=True)
+    assert first and set(first) < set(every)
+    assert lab in tok.decode([ids[i] for i in first]) and tok.decode([ids[i] for i in first]).count(lab) == 1
+    assert max(first) < min(set(every) - set(first))  # the first mention comes before the repeat
+    ro = rollout_from_texts(bundle, [rec], [text])
+    all_m = class_token_mask(bundle, ro, [[lab]], "producer", "all")
+    first_m = class_token_mask(bundle, ro, [[lab]], "producer", "first")
+    assert int(first_m.sum()) == len(first) and int(all_m.sum()) == len(every)
+    assert bool((all_m | first_m).eq(all_m).all())  # the first mention's positions are among all mentions'
+    with pytest.raises(ValueError, match="vrr_mentions"):
+        class_token_mask(bundle, ro, [[lab]], "producer", "last")
+
+
 # ------------------------------------------------------------------------------------------------ span advantages
 def test_span_advantages_credit_each_span_with_its_part():
     from umedfast.rl import span_advantages
