@@ -21,19 +21,15 @@ from umedfast.train.rollout import Rollout
 Errors = dict[tuple[int, int], float]  # (target index, coordinate 0..3) -> error in IoU units
 
 
-def _errors(boxes, gt) -> tuple[Errors, list[tuple[int, ...] | None]]:
-    """(errors by (target, coordinate), per box its (target, ...) key prefix or None)."""
+def _errors(boxes, gt) -> tuple[Errors, list[int | None]]:
+    """(errors by (target, coordinate), the target each box is matched to or None)."""
     out: Errors = {}
-    keys: list[tuple[int, ...] | None] = []
+    targets: list[int | None] = []
     for m in corner_errors(boxes, gt):
-        if m is None:
-            keys.append(None)
-            continue
-        t, err = m
-        keys.append((t,))
-        for c, e in enumerate(err):
-            out[(t, c)] = e
-    return out, keys
+        targets.append(None if m is None else m[0])
+        if m is not None:
+            out.update({(m[0], c): e for c, e in enumerate(m[1])})
+    return out, targets
 
 
 def coordinate_gains(tokenizer, ro: Rollout, k: int, box_format: str, w_alr: float, greedy_baseline: bool
@@ -46,14 +42,14 @@ def coordinate_gains(tokenizer, ro: Rollout, k: int, box_format: str, w_alr: flo
     credited = torch.zeros(shape, dtype=torch.bool)
     errs: list[Errors] = []
     slots: list[list[int]] = []
-    keys: list[list] = []
+    targets: list[list[int | None]] = []
     for b, rec in enumerate(ro.records):
         n = int(ro.response_mask[b].sum())
         gt = [box for _, box in record_targets(rec)]
         boxes, sl = coordinate_token_slots(tokenizer, ro.response_ids[b, :n], box_format,
                                            getattr(rec, "image_size", None))
-        e, kk = _errors(boxes, gt)
-        errs.append(e), slots.append(sl), keys.append(kk)
+        e, tg = _errors(boxes, gt)
+        errs.append(e), slots.append(sl), targets.append(tg)
     anchor: list[Errors] = []
     if greedy_baseline and ro.anchor is not None:
         for rec, text in zip(ro.anchor.records, ro.anchor.texts):
@@ -63,9 +59,9 @@ def coordinate_gains(tokenizer, ro: Rollout, k: int, box_format: str, w_alr: flo
         q = b // k
         group = [errs[o] for o in range(q * k, q * k + k) if o != b]
         for pos, slot in enumerate(slots[b]):
-            if slot < 0 or keys[b][slot // 4] is None:
+            if slot < 0 or targets[b][slot // 4] is None:
                 continue
-            key = (keys[b][slot // 4][0], slot % 4)
+            key = (targets[b][slot // 4], slot % 4)
             base = anchor[q].get(key) if anchor else None
             if base is None:
                 others = [e[key] for e in group if key in e]
