@@ -2,6 +2,7 @@
 import pytest
 
 from umedfast.config import ConfigError, TrainConfig, validate
+from umedfast.errors import UserError
 from umedfast.train.distributed import Dist
 from umedfast.train.run_data import load_records, ppo_query_records
 
@@ -31,6 +32,10 @@ def test_fresh_ppo_queries_are_other_images_generated_once(tmp_path):
     assert [r.id for r in again] == [r.id for r in fresh]
     cfg.data.max_train = 5
     assert len(ppo_query_records(cfg, Dist(), train)) == 5
+    cfg.data.max_train = 0
+    (tmp_path / "data_ppo" / fresh[0].image.split("data_ppo/")[1]).unlink()  # a lost image: refused, with the fix
+    with pytest.raises(UserError, match=r"1 of 12 records .*delete OUTPUT/data_ppo to regenerate it"):
+        ppo_query_records(cfg, Dist(), train)
 
 
 def test_fresh_ppo_queries_refuse_a_user_data_file(tmp_path):

@@ -209,13 +209,15 @@ def missing_images(records: Iterable[MAURecord]) -> list[MAURecord]:
     return [r for r in records if not os.path.isfile(r.image)]
 
 
-def check_images(records: list[MAURecord], path) -> None:
-    """``UserError`` naming the first few records whose image file is missing (none missing: returns)."""
+def check_images(records: list[MAURecord], path, hint: str = "") -> None:
+    """``UserError`` naming the first few records whose image file is missing (none missing: returns); ``hint``
+    (e.g. how to regenerate the set) ends the message."""
     lost = missing_images(records)
     if lost:
         names = ", ".join(f"{r.id} ({r.image})" for r in lost[:3])
         raise RecordError(f"{len(lost)} of {len(records)} records in {path} point to missing image files, e.g. "
-                          f"{names}" + (f" and {len(lost) - 3} more" if len(lost) > 3 else ""))
+                          f"{names}" + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
+                          + (f"; {hint}" if hint else ""))
 
 
 def read_mau_checked(path) -> list[MAURecord]:

@@ -13,7 +13,6 @@ from umedfast.model.value import PolicyWithValue, ValueHead, hidden_size, last_h
 __all__ = [
     "ARCHS", "LoraSettings", "PolicyWithValue", "TinySizes", "VLMBundle", "ValueHead", "adapters_disabled",
     "add_lora", "box_token_spans", "collate_chat", "coordinate_token_slots", "default_dtype", "hidden_size",
-    "image_region_mask",
-    "last_hidden_and_logits", "load_checkpoint", "load_value_head", "load_vlm", "model_inputs",
+    "image_region_mask", "last_hidden_and_logits", "load_checkpoint", "load_value_head", "load_vlm", "model_inputs",
     "phrase_token_positions", "prompt_and_suffix", "save_checkpoint",
 ]

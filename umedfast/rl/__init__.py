@@ -19,6 +19,5 @@ from umedfast.rl.stats import masked_mean, masked_var, masked_whiten
 __all__ = [
     "masked_mean", "masked_var", "masked_whiten", "kl_penalty", "token_rewards", "gae_advantages",
     "grpo_advantages", "inverse_mean_weights", "rloo_advantages", "span_advantages", "credit_tokens",
-    "group_advantages",
-    "policy_loss", "value_loss", "entropy_from_logits",
+    "group_advantages", "policy_loss", "value_loss", "entropy_from_logits",
 ]

@@ -68,9 +68,8 @@ def span_advantages(full: Tensor, kl_reward: Tensor, mask: Tensor, in_box: Tenso
     credited with VRR learns whatever raises the class tokens' attention, e.g. a wider box). Tokens before the
     first box keep the whole return: they choose whether a box is written. Returns Float[B, T], 0 outside ``mask``.
     """
-    shape = full.shape
-    out = credit_tokens(full, kl_reward, mask, after_box, rest_gain.to(full)[:, None].expand(shape), gamma)
-    return credit_tokens(out, kl_reward, mask, in_box, box_gain.to(full)[:, None].expand(shape), gamma)
+    gain = torch.where(in_box.bool(), box_gain.to(full)[:, None], rest_gain.to(full)[:, None])  # [B, T]
+    return credit_tokens(full, kl_reward, mask, in_box.bool() | after_box.bool(), gain, gamma)
 
 
 def credit_tokens(adv: Tensor, kl_reward: Tensor, mask: Tensor, where: Tensor, gain: Tensor,

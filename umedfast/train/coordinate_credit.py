@@ -57,17 +57,23 @@ def coordinate_gains(tokenizer, ro: Rollout, k: int, box_format: str, w_alr: flo
             anchor.append(_errors(parse_boxes(text, box_format, image_size=getattr(rec, "image_size", None)), gt)[0])
     for b in range(shape[0]):
         q = b // k
-        group = [errs[o] for o in range(q * k, q * k + k) if o != b]
+        others = [errs[o] for o in range(q * k, q * k + k) if o != b]
+        gains = {}  # (target, coordinate) -> this row's gain, computed once for all of its tokens
+        for key, e in errs[b].items():
+            base = _baseline(key, anchor[q] if anchor else {}, others)
+            if base is not None:
+                gains[key] = w_alr * (base - e)
         for pos, slot in enumerate(slots[b]):
-            if slot < 0 or targets[b][slot // 4] is None:
-                continue
-            key = (targets[b][slot // 4], slot % 4)
-            base = anchor[q].get(key) if anchor else None
-            if base is None:
-                others = [e[key] for e in group if key in e]
-                base = sum(others) / len(others) if others else None
-            if base is None:
-                continue
-            gain[b, pos] = w_alr * (base - errs[b][key])
-            credited[b, pos] = True
+            key = (targets[b][slot // 4], slot % 4) if slot >= 0 else None
+            if key in gains:
+                gain[b, pos] = gains[key]
+                credited[b, pos] = True
     return gain, credited
+
+
+def _baseline(key: tuple[int, int], anchor: Errors, others: list[Errors]) -> float | None:
+    """The greedy answer's error on ``key``, else the mean error of the other candidates that wrote it, else None."""
+    if key in anchor:
+        return anchor[key]
+    vals = [e[key] for e in others if key in e]
+    return sum(vals) / len(vals) if vals else None

@@ -76,5 +76,6 @@ def ppo_query_records(cfg: TrainConfig, d: Dist, train: list) -> list:
     recs = synth_set(cfg, d, "data_ppo", cfg.data.synth_ppo_n, cfg.data.synth_seed + 2)
     if cfg.data.max_train:
         recs = recs[:cfg.data.max_train]
-    check_images(recs, Path(cfg.output_dir) / "data_ppo" / synth.JSONL_NAME)
+    check_images(recs, Path(cfg.output_dir) / "data_ppo" / synth.JSONL_NAME,
+                 hint="delete OUTPUT/data_ppo to regenerate it")
     return recs
