@@ -39,3 +39,21 @@ def test_fresh_run_into_a_used_stage_directory_is_refused(tmp_path, capsys):
     (ckpt / "state.json").write_text("{}")
     assert train_main(["--output-dir", str(tmp_path), "--stage", "all"]) == 2
     assert "checkpoint step-00000003" in capsys.readouterr().err
+
+
+def test_output_dir_check_is_safe_when_every_rank_runs_it_at_once(tmp_path):
+    """Under torchrun every rank checks the output directory at the same moment; the check must not trip over
+    another rank's probe file (a shared probe name failed CI with 'No such file or directory')."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from umedfast.cli.train import _check_inputs
+
+    cfg = resolve(build_parser().parse_intermixed_args(["--output-dir", str(tmp_path / "run")]))
+
+    def check_many(_):
+        for _ in range(200):
+            _check_inputs(cfg)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(check_many, range(8)))  # re-raises the first UserError any thread met
+    assert not list((tmp_path / "run").iterdir())  # every probe cleaned up

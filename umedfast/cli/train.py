@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import get_args
@@ -80,9 +81,10 @@ def _check_inputs(cfg) -> None:
     out = Path(cfg.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".umedfast-write-test"
-        probe.write_text("")
-        probe.unlink()
+        # A probe file of its own per process: under torchrun every rank runs this check at once, and a shared
+        # name let one rank unlink the file another was about to (CI saw "No such file or directory").
+        with tempfile.TemporaryFile(dir=out, prefix=".umedfast-write-test-"):
+            pass
     except OSError as e:
         raise UserError(f"cannot create or write the output directory {str(out)!r}: {e.strerror or e}") from None
 
