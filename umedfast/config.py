@@ -117,6 +117,9 @@ class PPOConfig:
                                         # V(s_t) - V(s_0); "greedy" = the reward of a greedy answer to the same
                                         # query (ReMax, one extra generation per query) + the same critic change
     whiten_advantages: bool = True      # normalize advantages over the batch's response tokens
+    center_advantages: bool = False     # group/greedy baselines: also subtract the batch mean when whitening (the
+                                        # critic baseline always does). Sampled answers score below greedy, so every
+                                        # sampled token is pushed down on average (docs/training.md)
     kl_coef: float = 0.05               # per-token KL penalty to the reference (SFT) policy
     kl_estimator: KLEstimator = "k1"    # per-token KL in the GAE reward: "k1" (standard) or "k2"; k3 is refused
                                         # with advantage=gae (wrong gradient as a reward; GRPO/RLOO use k3 in the loss)
@@ -357,6 +360,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
          "ppo.span_advantages / ppo.coord_advantages apply to advantage=gae (per-token credit needs token advantages)"),
         (not p.coord_advantages or r.w_alr > 0, "ppo.coord_advantages needs rewards.w_alr > 0 (it credits box errors)"),
         (p.coord_scale > 0, f"ppo.coord_scale must be > 0, got {p.coord_scale}"),
+        (not p.center_advantages or (p.advantage == "gae" and p.baseline != "critic" and p.whiten_advantages),
+         "ppo.center_advantages applies to advantage=gae with baseline=group/greedy and whiten_advantages=true "
+         "(the critic baseline is always centred; grpo/rloo centre each group)"),
         (not (cfg.ppo.advantage == "gae" and cfg.ppo.kl_estimator == "k3"),  # issue 13: k3 as a reward has the
          "ppo.kl_estimator=k3 with advantage=gae is refused: use k1 (k3 belongs in the loss, grpo/rloo)"),  # wrong grad
         (cfg.ppo.k >= 1, "ppo.k must be >= 1"),

@@ -263,9 +263,11 @@ def advantages(st: PPOState, ro: Rollout, sc: Scored) -> tuple[torch.Tensor, tor
             floor = -(st.rewards.format_penalty + p.truncation_penalty)
             adv = adv * inverse_mean_weights(sc.seq_reward, p.k, floor).to(adv)[:, None]
         if p.whiten_advantages:
-            # a per-query baseline (group, greedy) already centres each query; re-centring on the batch mean would
-            # move the greedy anchor's zero (an answer as good as greedy would again be pushed up)
-            adv = global_whiten(adv, update_mask(p, ro, sc, st.device), st.d, shift=p.baseline == "critic")
+            # a per-query baseline (group, greedy) already centres each query; re-centring on the batch mean moves
+            # the greedy anchor's zero (an answer as good as greedy is pushed up), which center_advantages accepts
+            # in exchange for sampled tokens no longer being pushed down on average
+            shift = p.baseline == "critic" or p.center_advantages
+            adv = global_whiten(adv, update_mask(p, ro, sc, st.device), st.d, shift=shift)
         return adv, ret
     return group_advantages(sc.seq_reward, mask, p.k, p.advantage), None
 
