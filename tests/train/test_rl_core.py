@@ -334,6 +334,42 @@ def test_baseline_config_is_checked():
         load_config(None, ["ppo.baseline=group", "ppo.advantage=grpo", "ppo.kl_estimator=k3"])
 
 
+def _greedy_advantages(center: bool, anchor_total: torch.Tensor, seq_reward: torch.Tensor) -> torch.Tensor:
+    """ppo_step.advantages on a hand-built rollout: K=3 candidates of 2 queries, 4 tokens, the greedy baseline."""
+    from types import SimpleNamespace
+
+    from umedfast.train.distributed import Dist
+    from umedfast.train.ppo_step import advantages
+
+    B, L = 6, 4
+    mask = torch.ones(B, L)
+    mask[2, 2:] = 0
+    cfg = PPOConfig(k=3, baseline="greedy", center_advantages=center, kl_coef=0.0)
+    st = SimpleNamespace(cfg=cfg, device="cpu", d=Dist(), rewards=RewardsConfig())
+    ro = SimpleNamespace(response_mask=mask, truncated=torch.zeros(B, dtype=torch.bool),
+                         anchor=SimpleNamespace(truncated=torch.zeros(2, dtype=torch.bool)))
+    sc = SimpleNamespace(seq_reward=seq_reward, kl=torch.zeros(B, L), old_v=torch.zeros(B, L),
+                         rewards=SimpleNamespace(anchor_total=anchor_total))
+    return advantages(st, ro, sc)[0], mask
+
+
+def test_center_advantages_removes_the_mean_the_greedy_baseline_leaves():
+    """Sampled answers below their greedy answer all get negative advantages under the greedy baseline (every sampled
+    token pushed down); ``center_advantages`` subtracts the batch mean, keeping the order and the scale."""
+    anchor = torch.tensor([1.0, 2.0])
+    seq = torch.tensor([0.2, 0.8, 0.5, 1.0, 1.9, 1.2])  # every candidate at or below its query's greedy answer
+    plain, mask = _greedy_advantages(False, anchor, seq)
+    centred, _ = _greedy_advantages(True, anchor, seq)
+    m = mask.bool()
+    assert plain[m].max() <= 0 and (plain[m] * mask[m]).sum() / m.sum() < -0.5  # the offset the option removes
+    assert abs(float(centred[m].mean())) < 1e-5
+    assert torch.allclose(centred[m].std(), torch.tensor(1.0), atol=1e-4)  # (Bessel-corrected, as masked_var)
+    assert torch.equal(centred[:, 0].argsort(), plain[:, 0].argsort())  # same order of candidates
+    with pytest.raises(ConfigError, match="center_advantages applies"):
+        load_config(None, ["ppo.center_advantages=true"])  # the critic baseline is always centred
+    assert load_config(None, ["ppo.center_advantages=true", "ppo.baseline=greedy"]).ppo.center_advantages
+
+
 def test_greedy_anchor_rollout_is_argmax_and_joins_the_reward_group(tiny):
     """The anchor is the argmax answer (what evaluation decodes) and enters the ALR/VRR max of its query."""
     from umedfast.rewards.judge import RubricJudge
