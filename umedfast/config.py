@@ -35,6 +35,7 @@ GroupNorm = Literal["max", "none"]                      # umedfast.rewards.combi
 VRRQuery = Literal["producer", "token"]                 # umedfast.train.rollout_rewards.class_token_mask
 VRRMentions = Literal["all", "first"]                   # umedfast.train.rollout_rewards.class_token_mask
 JudgeKind = Literal["rubric", "openai"]                 # umedfast.rewards.judge.make_judge
+RubricClasses = Literal["fraction", "exact"]            # umedfast.rewards.judge.RubricJudge
 GAEBaseline = Literal["critic", "group", "greedy"]      # umedfast.train.ppo_step.advantages
 QueryWeight = Literal["none", "inverse_mean"]           # umedfast.rl.advantages.inverse_mean_weights
 BoxFormatName = Literal[tuple(FORMATS)]                 # the names of umedfast.boxes.FORMATS (defined there)
@@ -173,6 +174,9 @@ class RewardsConfig:
 @dataclass
 class JudgeConfig:
     kind: JudgeKind = "rubric"          # "rubric" (offline deterministic) or "openai" (OpenAI-compatible endpoint)
+    rubric_classes: RubricClasses = "fraction"  # rubric's class credit on multi-class images: "fraction" of the
+                                        # ground-truth classes named, or "exact" (all of them, none wrong: what the
+                                        # evaluation's accuracy counts; naming one of two is then no hedge)
     base_url: str = ""                  # e.g. http://127.0.0.1:8000/v1 (openai judge)
     model: str = ""                     # judge model name (openai judge)
     api_key_env: str = "UMEDFAST_JUDGE_API_KEY"  # environment variable holding the key (never logged)

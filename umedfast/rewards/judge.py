@@ -66,11 +66,16 @@ class RubricJudge:
     The class part is 0.4 x the fraction of ground-truth classes named (each by its label or a synonym), and 0 when
     any class in ``other_classes`` is named: the evaluation counts an answer correct only when the named set equals
     the ground-truth set, and a rubric that ignored wrong or missing classes let PPO drift to the commonest class.
+    ``classes="exact"`` gives the class part only when every ground-truth class is named: with the fraction, an
+    answer that names one class of a two-class image twice keeps half the credit, a hedge PPO learned (docs/training.md).
     """
 
     name = "rubric"
 
-    def __init__(self) -> None:
+    def __init__(self, classes: str = "fraction") -> None:
+        if classes not in ("fraction", "exact"):
+            raise ValueError(f"unknown rubric class credit {classes!r}; expected 'fraction' or 'exact'")
+        self.classes = classes
         self.stats = {"calls": 0, "failures": 0, "cache_hits": 0}
 
     def score_one(self, it: JudgeItem) -> float:
@@ -89,6 +94,8 @@ class RubricJudge:
         # "liver mass" is not a wrong class)
         wrong = _names_class(text, tuple(c for c in it.other_classes if not any(c.lower() in g for g in gt_names)))
         cls = 0.0 if wrong else n_named / len(labels)
+        if self.classes == "exact":
+            cls = float(cls == 1.0)
         steps = sum(bool(r.search(text)) for r in (_DETECT_RE, _LOCATE_RE, _RECOG_RE)) / 3.0
         valid_box = any(x2 > x1 and y2 > y1 for x1, y1, x2, y2 in boxes)
         return round(0.4 * cls + 0.3 * steps + 0.3 * valid_box, 6)
@@ -291,6 +298,7 @@ def agreement(a: Sequence[float | None], b: Sequence[float | None], *, threshold
 def make_judge(kind: JudgeConfig | str = "rubric", **kw):
     """The judge of a ``JudgeConfig`` (the config's ``judge`` section), or of a kind name plus keyword settings:
     "rubric" (offline default) or "openai" (needs ``base_url`` and ``model``)."""
+    cfg = None
     if isinstance(kind, JudgeConfig):
         cfg, kind = kind, kind.kind
         if kind == "openai":
@@ -298,7 +306,7 @@ def make_judge(kind: JudgeConfig | str = "rubric", **kw):
                   "concurrency": cfg.concurrency, "timeout_s": cfg.timeout_s, "retries": cfg.retries,
                   "neutral": cfg.neutral, "json_mode": cfg.json_mode, **kw}
     if kind == "rubric":
-        return RubricJudge()
+        return RubricJudge(cfg.rubric_classes if cfg is not None else kw.get("classes", "fraction"))
     if kind == "openai":
         if not kw.get("base_url") or not kw.get("model"):
             raise ValueError("the openai judge needs judge.base_url and judge.model")
