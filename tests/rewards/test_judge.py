@@ -42,6 +42,25 @@ def test_rubric_wants_exactly_the_ground_truth_classes():
     assert j.score([one, extra, both, half, nested]) == pytest.approx([1.0, 0.6, 1.0, 0.8, 1.0])
 
 
+def test_rubric_exact_class_credit_gives_no_half_credit_for_naming_one_of_two():
+    """``judge.rubric_classes=exact``: a two-class image answered with one class named twice (the second finding
+    copying the first) gets no class credit, as the evaluation's accuracy counts it; one-class images unchanged."""
+    from umedfast.config import load_config
+
+    two = ("effusion", "mass")
+    answer = ("Detection: two abnormal regions. Localization: first, {b}. Localization: second, {b}. "
+              "Recognition: first, it is effusion. Recognition: second, it is {c}.")
+    both = JudgeItem("q", answer.format(b=BOX, c="mass"), labels=two, other_classes=("nodule",))
+    copied = JudgeItem("q", answer.format(b=BOX, c="effusion"), labels=two, other_classes=("nodule",))
+    single = JudgeItem("q", answer.format(b=BOX, c="effusion"), labels=("effusion",), other_classes=("mass",))
+    assert RubricJudge().score([both, copied, single]) == pytest.approx([1.0, 0.8, 1.0])
+    exact = make_judge(load_config(None, ["judge.rubric_classes=exact"]).judge)
+    assert exact.score([both, copied, single]) == pytest.approx([1.0, 0.6, 1.0])
+    assert make_judge(load_config(None, []).judge).classes == "fraction"  # the default is unchanged
+    with pytest.raises(ValueError, match="rubric class credit"):
+        RubricJudge("most")
+
+
 def test_parse_score():
     assert parse_score('{"score": 0.8}') == 0.8
     assert parse_score(' {"score": "0.25"} ') == 0.25
