@@ -43,6 +43,7 @@ BoxFormatName = Literal[tuple(FORMATS)]                 # the names of umedfast.
 PARALLEL_MODES = get_args(Parallel)
 GROUP_NORMS = get_args(GroupNorm)
 GAE_BASELINES = get_args(GAEBaseline)
+RUBRIC_CLASSES = get_args(RubricClasses)
 
 
 @dataclass

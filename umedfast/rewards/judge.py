@@ -28,7 +28,7 @@ from typing import Sequence
 
 from umedfast.answers import says_normal
 from umedfast.boxes import parse_boxes
-from umedfast.config import JudgeConfig
+from umedfast.config import RUBRIC_CLASSES, JudgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ class RubricJudge:
     name = "rubric"
 
     def __init__(self, classes: str = "fraction") -> None:
-        if classes not in ("fraction", "exact"):
-            raise ValueError(f"unknown rubric class credit {classes!r}; expected 'fraction' or 'exact'")
+        if classes not in RUBRIC_CLASSES:
+            raise ValueError(f"unknown rubric class credit {classes!r}; expected one of {RUBRIC_CLASSES}")
         self.classes = classes
         self.stats = {"calls": 0, "failures": 0, "cache_hits": 0}
 
@@ -298,15 +298,16 @@ def agreement(a: Sequence[float | None], b: Sequence[float | None], *, threshold
 def make_judge(kind: JudgeConfig | str = "rubric", **kw):
     """The judge of a ``JudgeConfig`` (the config's ``judge`` section), or of a kind name plus keyword settings:
     "rubric" (offline default) or "openai" (needs ``base_url`` and ``model``)."""
-    cfg = None
     if isinstance(kind, JudgeConfig):
         cfg, kind = kind, kind.kind
+        if kind == "rubric":
+            kw = {"classes": cfg.rubric_classes, **kw}
         if kind == "openai":
             kw = {"base_url": cfg.base_url, "model": cfg.model, "api_key_env": cfg.api_key_env,
                   "concurrency": cfg.concurrency, "timeout_s": cfg.timeout_s, "retries": cfg.retries,
                   "neutral": cfg.neutral, "json_mode": cfg.json_mode, **kw}
     if kind == "rubric":
-        return RubricJudge(cfg.rubric_classes if cfg is not None else kw.get("classes", "fraction"))
+        return RubricJudge(**kw)
     if kind == "openai":
         if not kw.get("base_url") or not kw.get("model"):
             raise ValueError("the openai judge needs judge.base_url and judge.model")
